@@ -1,0 +1,50 @@
+"""Wide ResNet WRN-depth-k (pre-activation), as used by HYDRA and HARP (WRN-28-4 by default)."""
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from advprune.models import register_model
+
+
+class WideBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x):
+        pre = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
+        return out + (self.shortcut(pre) if self.shortcut is not None else x)
+
+
+class WideResNet(nn.Module):
+    def __init__(self, depth: int, widen: int, n_classes: int, in_channels: int, base: int):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError("WRN depth must be 6n+4")
+        n = (depth - 4) // 6
+        widths = [base, base * widen, 2 * base * widen, 4 * base * widen]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        blocks, in_planes = [], widths[0]
+        for stage, planes in enumerate(widths[1:]):
+            for j in range(n):
+                blocks.append(WideBlock(in_planes, planes, stride=2 if stage > 0 and j == 0 else 1))
+                in_planes = planes
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.fc = nn.Linear(in_planes, n_classes)
+
+    def forward(self, x):
+        out = F.relu(self.bn(self.blocks(self.conv1(x))))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+@register_model("wrn_28_4")
+def wrn_28_4(n_classes: int, in_channels: int, image_size: tuple[int, int], width: int = 16) -> nn.Module:
+    return WideResNet(28, 4, n_classes, in_channels, base=width)

@@ -1,0 +1,120 @@
+"""Pruning methods behind one interface: one file per method, a registry from name to class.
+
+A method is constructed with its hyper-parameters (the config entry minus `method`) and called as
+`method.prune(model, sparsity, context) -> PruneResult`. Unstructured methods return masks over the
+prunable weights (parameter name -> bool tensor, True = kept); structured methods may return a smaller model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+_METHODS: dict[str, type[PruningMethod]] = {}
+# Method modules, imported on first use so that a method's dependencies load only where it runs.
+_MODULES = ("lwm", "random")
+
+
+def register_method(name: str):
+    def wrap(cls):
+        if name in _METHODS:
+            raise ValueError(f"pruning method {name!r} registered twice")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_all() -> None:
+    for module in _MODULES:
+        importlib.import_module(f"advprune.pruning.{module}")
+
+
+def list_methods() -> list[str]:
+    _load_all()
+    return sorted(_METHODS)
+
+
+def build_method(name: str, **options) -> PruningMethod:
+    _load_all()
+    if name not in _METHODS:
+        raise KeyError(f"unknown pruning method {name!r}; known: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name](**options)
+
+
+@dataclass
+class PruneContext:
+    """What a method may use besides the model: data splits (ArraySplit), the threat model, the
+    pretraining objective's settings, the sensitivity table, the seed and the device."""
+
+    train: Any = None
+    val: Any = None
+    threat_model: dict = field(default_factory=dict)
+    objective: dict = field(default_factory=dict)
+    sensitivity: Any = None
+    include_first_last: bool = True
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+
+
+@dataclass
+class PruneResult:
+    masks: dict[str, torch.Tensor] | None = None
+    model: nn.Module | None = None
+    info: dict = field(default_factory=dict)
+
+
+class PruningMethod(ABC):
+    name = "base"
+    structured = False
+
+    @abstractmethod
+    def prune(self, model: nn.Module, sparsity: float, context: PruneContext) -> PruneResult: ...
+
+
+def prunable_weights(model: nn.Module, include_first_last: bool = True) -> dict[str, nn.Parameter]:
+    """Weights of every Conv2d and Linear layer in network order (parameter name -> tensor);
+    `include_first_last=False` leaves the first and the last such layer dense."""
+    weights = {f"{name}.weight": m.weight for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    if not include_first_last:
+        names = list(weights)
+        weights = {k: weights[k] for k in names[1:-1]}
+    return weights
+
+
+def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, scope: str = "layer") -> dict[str, torch.Tensor]:
+    """Keep the highest-scoring weights: per layer exactly round(sparsity * n) zeros ('layer'), or
+    round(sparsity * total) zeros across all layers by one global ranking ('global'). Ties are broken by
+    index, so counts are exact."""
+    if scope == "layer":
+        return {name: _keep_top(s.flatten(), round(sparsity * s.numel())).view_as(s) for name, s in scores.items()}
+    if scope == "global":
+        flat = torch.cat([s.flatten() for s in scores.values()])
+        keep = _keep_top(flat, round(sparsity * flat.numel()))
+        masks, offset = {}, 0
+        for name, s in scores.items():
+            masks[name] = keep[offset : offset + s.numel()].view_as(s)
+            offset += s.numel()
+        return masks
+    raise ValueError(f"unknown scope {scope!r} (layer | global)")
+
+
+def _keep_top(scores: torch.Tensor, n_pruned: int) -> torch.Tensor:
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if n_pruned > 0:
+        keep[torch.argsort(scores, stable=True)[:n_pruned]] = False
+    return keep
+
+
+def layer_sparsity(model: nn.Module, include_first_last: bool = True) -> list[dict]:
+    """Measured from the weights themselves (zeros / size), per prunable layer in network order."""
+    return [
+        {"layer": name.removesuffix(".weight"), "layer_index": i, "n_params": w.numel(), "sparsity": float((w == 0).sum()) / w.numel()}
+        for i, (name, w) in enumerate(prunable_weights(model, include_first_last).items())
+    ]

@@ -1,0 +1,76 @@
+"""Process-level plumbing shared by every entry script: logging, progress, threads, seeds, devices."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+T = TypeVar("T")
+log = logging.getLogger("advprune")
+
+
+def setup_logging(log_path: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
+    """Log plain timestamped lines to stderr and, when given, to the job's log file (Snakemake's `log:`)."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    logging.captureWarnings(True)
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, log_every_s: float = 30.0) -> Iterator[T]:
+    """tqdm on a terminal; on a batch system (no TTY) a plain log line every `log_every_s` seconds instead,
+    so SLURM logs show progress without being flooded by carriage returns."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    if sys.stderr.isatty():
+        yield from tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+        return
+    last = time.monotonic()
+    for i, item in enumerate(iterable, 1):
+        yield item
+        now = time.monotonic()
+        if now - last >= log_every_s:
+            log.info("%s: %d/%s", desc, i, total if total is not None else "?")
+            last = now
+
+
+def configure_torch(threads: int | None = None, deterministic: bool = True) -> None:
+    """Pin the thread count (a job must not use more cores than Snakemake gave it) and make kernels
+    deterministic, so the same seed gives the same numbers."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)

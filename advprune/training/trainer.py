@@ -1,0 +1,146 @@
+"""The epoch loop shared by pretraining and fine-tuning, resumable after a kill.
+
+Resume: after every epoch the full training state (model, optimizer, scheduler, curve) is written atomically
+to `resume_path`, which lies outside Snakemake's declared outputs (Snakemake deletes those when a job fails).
+Every epoch re-seeds the RNGs from (seed, epoch), so a run resumed from epoch k draws exactly the numbers an
+uninterrupted run draws: same seed, same final weights. The state carries a fingerprint of the settings;
+a state written under other settings is ignored rather than resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from advprune.attacks.pgd import PGD
+from advprune.checkpoint import load_torch, save_torch
+from advprune.runtime import progress, seed_everything
+from advprune.training.losses import Objective
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | constant
+
+
+def _fingerprint(settings: TrainSettings, extra: dict) -> str:
+    blob = json.dumps({"settings": asdict(settings), **extra}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor] | None) -> None:
+    """Zero the pruned weights in place (masks: parameter name -> bool tensor, True = kept)."""
+    if not masks:
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].mul_(mask.to(params[name].dtype))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split, batch_size: int = 512) -> float:
+    was_training = model.training
+    model.eval()
+    correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in split.batches(batch_size))
+    model.train(was_training)
+    return correct / max(len(split), 1)
+
+
+def robust_accuracy(model: nn.Module, split, attack: PGD, batch_size: int = 512) -> float:
+    robust = 0
+    for x, y in split.batches(batch_size):
+        robust += int(attack(model, x, y)[1].sum())
+    return robust / max(len(split), 1)
+
+
+def train(
+    model: nn.Module,
+    objective: Objective,
+    train_split,
+    val_split,
+    settings: TrainSettings,
+    seed: int,
+    resume_path: str | os.PathLike,
+    val_attack: PGD | None = None,
+    masks: dict[str, torch.Tensor] | None = None,
+    fingerprint_extra: dict | None = None,
+    desc: str = "train",
+) -> list[dict]:
+    """Train in place; returns the per-epoch curve rows. With `masks`, pruned weights stay exactly zero."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    if settings.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.epochs, 1))
+    elif settings.schedule == "constant":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    else:
+        raise ValueError(f"unknown schedule {settings.schedule!r}")
+    fingerprint = _fingerprint(settings, {"seed": seed, "objective": objective.name, **(fingerprint_extra or {})})
+
+    curve: list[dict] = []
+    start_epoch = 0
+    if os.path.exists(resume_path):
+        state = load_torch(resume_path)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            curve, start_epoch = state["curve"], state["epoch"] + 1
+            log.info("%s: resumed from %s after epoch %d", desc, resume_path, state["epoch"] + 1)
+        else:
+            log.info("%s: ignoring resume state %s written under other settings", desc, resume_path)
+    apply_masks(model, masks)
+
+    for epoch in range(start_epoch, settings.epochs):
+        seed_everything(seed * 100_003 + epoch)
+        shuffle = torch.Generator(device=train_split.x.device).manual_seed(seed * 100_003 + epoch)
+        model.train()
+        started = time.time()
+        total_loss = total_correct = seen = 0
+        n_batches = -(-len(train_split) // settings.batch_size)
+        batches = train_split.batches(settings.batch_size, shuffle=True, generator=shuffle)
+        for x, y in progress(batches, f"{desc} epoch {epoch + 1}/{settings.epochs}", total=n_batches):
+            loss, logits = objective(model, x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            apply_masks(model, masks)
+            total_loss += float(loss.detach()) * len(y)
+            total_correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": total_loss / seen,
+            "train_acc": total_correct / seen,
+            "val_clean_acc": accuracy(model, val_split),
+            "val_robust_acc": robust_accuracy(model, val_split, val_attack) if val_attack else float("nan"),
+            "seconds": time.time() - started,
+        }
+        curve.append(row)
+        log.info(
+            "%s epoch %d/%d: loss %.4f train acc %.3f val clean %.3f val robust %.3f (%.1fs)",
+            desc, epoch + 1, settings.epochs, row["train_loss"], row["train_acc"], row["val_clean_acc"], row["val_robust_acc"], row["seconds"],
+        )
+        save_torch(
+            {"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "curve": curve},
+            resume_path,
+        )
+    return curve

@@ -1,0 +1,55 @@
+"""Evaluate one model: clean, PGD and standard AutoAttack accuracy, sparsity, parameters and FLOPs;
+writes one RobustBench-like JSON record with provenance."""
+
+import time
+
+from advprune.checkpoint import load_model, write_json
+from advprune.data import load_meta, load_split
+from advprune.entry import load_config, parser, start_job
+from advprune.evaluation import model_statistics, robustness
+from advprune.provenance import provenance
+
+
+def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, out_json, threads=1, log=None, code_hash=None):
+    started = time.time()
+    device = start_job(log, threads, params["device"])
+    cfg, threat = params["evaluate"], params["threat_model"]
+    meta = load_meta(data_dir)
+    model, ckpt = load_model(model_path, device)
+    split = load_split(data_dir, cfg["split"], device, n=cfg["n_examples"])
+    stats = model_statistics(model, (meta["channels"], *meta["image_size"]), params["include_first_last"])
+    scores = robustness(model, split, meta["n_classes"], threat["eps"], threat["norm"], cfg["pgd"], cfg["autoattack"], cfg["batch_size"])
+    record = {
+        "dataset": dataset, "arch": arch, "seed": seed, "method": method, "sparsity_target": float(sparsity),
+        "threat_model": {"norm": threat["norm"], "eps": threat["eps"]}, "split": cfg["split"],
+        **scores, **stats,
+        "wall_time_s": time.time() - started,
+        "provenance": provenance(params, seed, device, code_hash),
+        "model_provenance": ckpt["meta"].get("provenance"),
+    }
+    write_json(record, out_json)
+
+
+def cli(argv=None):
+    p = parser(__doc__)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--model", required=True, help="checkpoint to evaluate")
+    p.add_argument("--method", default="dense")
+    p.add_argument("--sparsity", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="JSON record")
+    a = p.parse_args(argv)
+    from advprune.config import evaluate_params, fetch_params
+
+    config = load_config(a.config)
+    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.dataset, a.arch, a.seed, a.method, a.sparsity, evaluate_params(config), a.out, a.threads, a.log)
+
+
+if __name__ == "__main__":
+    if "snakemake" in globals():
+        sm = snakemake  # noqa: F821
+        w = sm.wildcards
+        main(sm.input.model, sm.params.data_dir, w.dataset, w.arch, int(w.seed), w.method, float(w.sparsity), sm.params.settings, sm.output[0], sm.threads, sm.log[0], sm.params.code)
+    else:
+        cli()

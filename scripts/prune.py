@@ -1,0 +1,68 @@
+"""Prune one pretrained model with one method to one target sparsity (one job per method x sparsity)."""
+
+from advprune.checkpoint import load_model, save_model, write_json
+from advprune.data import load_meta, load_split
+from advprune.entry import load_config, parser, start_job
+from advprune.provenance import provenance
+from advprune.pruning import PruneContext, build_method, layer_sparsity
+from advprune.runtime import seed_everything
+from advprune.training import apply_masks
+
+
+def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sensitivity_csv=None, threads=1, log=None, code_hash=None):
+    device = start_job(log, threads, params["device"])
+    model, ckpt = load_model(model_path, device)
+    options = dict(params["method"])
+    method = build_method(options.pop("method"), **options)
+    context = PruneContext(
+        train=load_split(data_dir, "train", device),
+        val=load_split(data_dir, "val", device),
+        threat_model=params["threat_model"],
+        objective=params["objective"],
+        sensitivity=_read_csv(sensitivity_csv) if sensitivity_csv else None,
+        include_first_last=params["include_first_last"],
+        seed=seed,
+        device=device,
+    )
+    seed_everything(seed)
+    result = method.prune(model, float(sparsity), context)
+    if result.model is not None:
+        model = result.model
+    apply_masks(model, result.masks)
+    layers = layer_sparsity(model, params["include_first_last"])
+    measured = sum(r["sparsity"] * r["n_params"] for r in layers) / sum(r["n_params"] for r in layers)
+    save_model(out_model, model, ckpt["arch"], ckpt["model_options"], load_meta(data_dir), masks=result.masks,
+               meta={"provenance": provenance(params, seed, device, code_hash), "sparsity_target": float(sparsity)})
+    write_json({"method": params["method"], "sparsity_target": float(sparsity), "sparsity_measured": measured, "layers": layers, "info": result.info}, out_info)
+
+
+def _read_csv(path):
+    import pandas as pd
+
+    return pd.read_csv(path)
+
+
+def cli(argv=None):
+    p = parser(__doc__)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True, help="pretrained checkpoint")
+    p.add_argument("--method", required=True, help="a key of prune.methods in the config")
+    p.add_argument("--sparsity", type=float, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sensitivity", default=None, help="sensitivity CSV, for methods that use it")
+    p.add_argument("--out-model", required=True)
+    p.add_argument("--out-info", required=True)
+    a = p.parse_args(argv)
+    from advprune.config import fetch_params, prune_params
+
+    config = load_config(a.config)
+    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.sparsity, a.seed, prune_params(config, a.method), a.out_model, a.out_info, a.sensitivity, a.threads, a.log)
+
+
+if __name__ == "__main__":
+    if "snakemake" in globals():
+        sm = snakemake  # noqa: F821
+        main(sm.input.model, sm.params.data_dir, float(sm.wildcards.sparsity), int(sm.wildcards.seed), sm.params.settings, sm.output.model, sm.output.info,
+             sm.input.get("sensitivity"), sm.threads, sm.log[0], sm.params.code)
+    else:
+        cli()

@@ -1,0 +1,77 @@
+"""A bad config stops Snakemake before any job, with one line naming the key, and touches nothing."""
+
+import subprocess
+
+import pytest
+import yaml
+
+from advprune.config import ConfigError, load_config, validate
+from advprune.data import DATASETS
+from advprune.models import list_models
+from advprune.pruning import list_methods
+
+from conftest import REPO, SNAKEMAKE, env_with_repo
+
+DEFAULT = yaml.safe_load((REPO / "config/config.yaml").read_text())
+
+BAD = [
+    ("unknown key", lambda c: c.update(epochz=3), "'epochz': unknown key"),
+    ("nested unknown key", lambda c: c["evaluate"]["pgd"].update(stepz=3), "'evaluate.pgd.stepz': unknown key"),
+    ("wrong type", lambda c: c["pretrain"].update(epochs="ten"), "'pretrain.epochs': 'ten' is not of type 'integer'"),
+    ("sparsity of 1", lambda c: c["prune"].update(sparsities=[0.5, 1.0]), "'prune.sparsities[1]'"),
+    ("sparsity of 0", lambda c: c["prune"].update(sparsities=[0.0]), "'prune.sparsities[0]'"),
+    ("eps of 0", lambda c: c["threat_model"].update(eps=0), "'threat_model.eps'"),
+    ("negative eps", lambda c: c["threat_model"].update(eps=-0.1), "'threat_model.eps'"),
+    ("unknown dataset", lambda c: c.update(datasets=["imagenet21k"]), "'datasets[0]': 'imagenet21k' is not one of"),
+    ("unknown arch", lambda c: c.update(archs=["small_cnn", "vit_h"]), "'archs[1]': 'vit_h' is not one of"),
+    ("unknown method", lambda c: c["prune"]["methods"].update(snip={}), "'prune.methods.snip': unknown pruning method 'snip'"),
+    ("bad method option", lambda c: c["prune"]["methods"]["lwm"].update(scope="diagonal"), "'prune.methods.lwm.scope'"),
+    ("missing section", lambda c: c.pop("evaluate"), "'evaluate' is a required property"),
+]
+
+
+def _bad(mutate):
+    config = yaml.safe_load(yaml.safe_dump(DEFAULT))
+    mutate(config)
+    return config
+
+
+@pytest.mark.parametrize("name,mutate,message", BAD, ids=[b[0] for b in BAD])
+def test_validation_names_the_bad_key(name, mutate, message):
+    with pytest.raises(ConfigError, match=None) as error:
+        validate(_bad(mutate))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name,mutate,message", [BAD[0], BAD[3], BAD[9]], ids=[BAD[0][0], BAD[3][0], BAD[9][0]])
+def test_snakemake_stops_before_any_job_and_keeps_results(tmp_path, name, mutate, message):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(_bad(mutate)))
+    kept = tmp_path / "results/pretrain/digits/small_cnn/seed0/model.pt"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"weights that took a day to train")
+    run = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--snakefile", str(REPO / "Snakefile"), "--configfile", "bad.yaml"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env_with_repo())
+    assert run.returncode != 0
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("advprune: config key ") and message in lines[0]
+    assert kept.read_bytes() == b"weights that took a day to train"
+    assert not (tmp_path / ".snakemake/log").exists() or not any("Job stats" in p.read_text() for p in (tmp_path / ".snakemake/log").iterdir())
+
+
+def test_shipped_configs_are_valid():
+    for path in [REPO / "config/config.yaml", REPO / ".test/config.yaml", *sorted((REPO / "config/paper").glob("*.yaml"))]:
+        load_config(path)
+
+
+def test_schema_enums_match_the_registries():
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    methods = yaml.safe_load((REPO / "workflow/schemas/methods.schema.yaml").read_text())
+    assert set(schema["properties"]["datasets"]["items"]["enum"]) == set(DATASETS)
+    assert set(schema["properties"]["archs"]["items"]["enum"]) == set(list_models())
+    assert set(schema["properties"]["models"]["properties"]) == set(list_models())
+    assert {k for k in methods if not k.startswith("$") and k != "description"} == set(list_methods())
+
+
+def test_defaults_are_filled_in():
+    config = _bad(lambda c: c["evaluate"]["pgd"].pop("restarts"))
+    assert validate(config)["evaluate"]["pgd"]["restarts"] == 1

@@ -1,0 +1,101 @@
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from advprune.attacks import PGD
+from advprune.checkpoint import load_torch
+from advprune.data import load_split
+from advprune.models import build_model
+from advprune.pruning import PruneContext, build_method
+from advprune.training import TrainSettings, apply_masks, build_objective, train
+
+from conftest import PYTHON, REPO, env_with_repo
+
+ATTACK = {"steps": 3, "step_size": 0.04}
+
+
+@pytest.mark.parametrize("name", ["natural", "pgd_at", "trades", "mart"])
+def test_objectives_give_finite_losses_and_gradients(name, digits_dir):
+    split = load_split(digits_dir, "train", n=64)
+    model = build_model("small_cnn", 10, 1, (8, 8), width=4)
+    loss, logits = build_objective(name, 0.1, ATTACK)(model, split.float_x(), split.y)
+    loss.backward()
+    assert torch.isfinite(loss) and logits.shape == (64, 10)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.training  # the attack ran in eval mode and handed the model back in train mode
+
+
+def test_adversarial_training_makes_the_model_more_robust_than_natural_training(digits_dir, tmp_path):
+    train_split, val = load_split(digits_dir, "train"), load_split(digits_dir, "val")
+    attack = PGD(0.1, 0.03, 5)
+    robust = {}
+    for name in ("natural", "pgd_at"):
+        torch.manual_seed(0)
+        model = build_model("small_cnn", 10, 1, (8, 8), width=8)
+        settings = TrainSettings(epochs=6, batch_size=64, lr=0.05)
+        curve = train(model, build_objective(name, 0.1, {"steps": 5, "step_size": 0.03}), train_split, val, settings, 0, tmp_path / name, attack)
+        robust[name] = curve[-1]["val_robust_acc"]
+    assert robust["pgd_at"] > robust["natural"] + 0.2
+
+
+def test_masked_training_keeps_pruned_weights_exactly_zero(digits_dir, tmp_path):
+    model = build_model("small_cnn", 10, 1, (8, 8), width=4)
+    masks = build_method("lwm").prune(model, 0.9, PruneContext()).masks
+    apply_masks(model, masks)
+    split = load_split(digits_dir, "train", n=128)
+    train(model, build_objective("pgd_at", 0.1, ATTACK), split, split, TrainSettings(epochs=2, batch_size=32, lr=0.1, weight_decay=0.01), 0, tmp_path / "s.pt", masks=masks)
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        assert (params[name][~mask] == 0).all()
+        assert (params[name][mask] != 0).any()
+
+
+def _pretrain_cmd(tmp_path, config, tag):
+    return [PYTHON, str(REPO / "scripts/pretrain.py"), "--config", str(config), "--dataset", "digits", "--arch", "small_cnn",
+            "--out-model", str(tmp_path / f"{tag}.pt"), "--out-curve", str(tmp_path / f"{tag}.csv"), "--resume", str(tmp_path / f"{tag}.state.pt")]
+
+
+def test_pretraining_resumes_after_sigkill_with_the_same_final_weights(digits_dir, tmp_path):
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["data"]["root"] = str(Path(digits_dir).parent)
+    config["models"]["small_cnn"] = {"width": 8}
+    config["pretrain"].update(epochs=4, batch_size=128)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = env_with_repo()
+
+    subprocess.run(_pretrain_cmd(tmp_path, tmp_path / "config.yaml", "straight"), check=True, env=env, cwd=tmp_path)
+
+    state = tmp_path / "killed.state.pt"
+    proc = subprocess.Popen(_pretrain_cmd(tmp_path, tmp_path / "config.yaml", "killed"), env=env, cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and load_torch(state)["epoch"] >= 1:  # two epochs done, two to go
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "killed.pt").exists()
+    killed_at = load_torch(state)["epoch"]
+    assert killed_at < 3
+
+    resumed = subprocess.run(_pretrain_cmd(tmp_path, tmp_path / "config.yaml", "killed"), env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {state} after epoch {killed_at + 1}" in resumed.stderr
+    a, b = load_torch(tmp_path / "straight.pt")["state_dict"], load_torch(tmp_path / "killed.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "straight.csv").read_text().splitlines()[-1].split(",")[:6] == (tmp_path / "killed.csv").read_text().splitlines()[-1].split(",")[:6]
+    assert not state.exists()  # cleaned up once the outputs exist
+
+
+def test_resume_state_from_other_settings_is_not_used(digits_dir, tmp_path):
+    split = load_split(digits_dir, "train", n=64)
+    objective = build_objective("natural", 0.1, ATTACK)
+    state = tmp_path / "state.pt"
+    train(build_model("small_cnn", 10, 1, (8, 8), width=4), objective, split, split, TrainSettings(epochs=1, batch_size=32, lr=0.1), 0, state)
+    curve = train(build_model("small_cnn", 10, 1, (8, 8), width=4), objective, split, split, TrainSettings(epochs=2, batch_size=32, lr=0.2), 0, state)
+    assert [row["epoch"] for row in curve] == [1, 2]  # started over, not resumed at epoch 2

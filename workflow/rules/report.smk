@@ -1,0 +1,51 @@
+rule aggregate:
+    input:
+        evals=all_evaluations(),
+        sensitivity=all_sensitivity(),
+        pretrain_curves=all_pretrain_curves(),
+        finetune_curves=all_finetune_curves(),
+    output:
+        summary="results/tables/summary.csv",
+        layer_sparsity="results/tables/layer_sparsity.csv",
+        sensitivity="results/tables/sensitivity.csv",
+        training_curves="results/tables/training_curves.csv",
+    params:
+        code=code("aggregate.py"),
+    log:
+        "logs/aggregate.log",
+    benchmark:
+        "results/benchmarks/aggregate.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/advprune.yaml"
+    script:
+        "../../scripts/aggregate.py"
+
+
+# Reads only the small tables: changing plotting code or a report setting re-runs this rule alone.
+rule report:
+    input:
+        rules.aggregate.output,
+    output:
+        report_outputs(),
+    params:
+        tables_dir="results/tables",
+        out_dir=REPORT_DIR,
+        formats=config["report"]["formats"],
+        dpi=config["report"]["dpi"],
+        code=code("report.py"),
+    log:
+        "logs/report.log",
+    benchmark:
+        "results/benchmarks/report.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/advprune.yaml"
+    script:
+        "../../scripts/report.py"
