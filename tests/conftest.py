@@ -11,8 +11,9 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
 @pytest.fixture(autouse=True)
-def _two_threads():
-    torch.set_num_threads(2)
+def _one_thread():
+    # One thread: tests also run Snakemake jobs beside them, and oversubscribed cores slow torch tenfold.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -42,11 +42,12 @@ class AutoAttack:
         model (nn.Module): model to attack; takes inputs in [0, 1] (normalisation, if any, lives inside it).
         norm (str): 'Linf' or 'L2'. (Default: 'Linf')
         eps (float): radius of the threat model. (Default: 8/255)
-        n_classes (int): number of classes the model outputs (checked on the first call); >= 4, as the
+        n_classes (int): number of classes the model outputs (checked on each call); >= 4, as the
             targeted DLR loss uses the 4th-largest logit. (Default: 10)
         version (str): only 'standard'. (Default: 'standard')
         seed (int): seed every part starts from, on every batch, as the original does. (Default: 0)
-        batch_size (int): points per attack call, bounds memory. (Default: 500)
+        batch_size (int): points per attack call, bounds memory. Results depend on it, since every part
+            reseeds per batch as in the original (whose `run_standard_evaluation` defaults to 250). (Default: 500)
         log_progress (bool): log one line per attack (name, robust accuracy, seconds). (Default: True)
 
     Shape:
@@ -79,10 +80,21 @@ class AutoAttack:
         - APGDT with L2 steps every point with the step size of the batch's first point (`step_size[0]`);
         - Square with L2 measures the windows' norms over all channels at once, the original per channel
           (identical for one channel);
-        - APGD/APGDT's Linf random start lacks the original's 1e-12 in its normaliser (last-bit differences).
+        - Square does not cap the square's side at min(H, W) (matters only for very elongated images);
+        - APGD/APGDT's Linf random start lacks the original's 1e-12 in its normaliser (no effect in float32).
     """
 
-    def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 8 / 255, n_classes: int = 10, version: str = "standard", seed: int = 0, batch_size: int = 500, log_progress: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        norm: str = "Linf",
+        eps: float = 8 / 255,
+        n_classes: int = 10,
+        version: str = "standard",
+        seed: int = 0,
+        batch_size: int = 500,
+        log_progress: bool = True,
+    ):
         if version != "standard":
             raise ValueError(f"only version='standard' is implemented, got {version!r}")
         if norm not in ("Linf", "L2"):
@@ -150,8 +162,11 @@ class AutoAttack:
         # The original only reports the largest perturbation; a violation here means a part is broken.
         delta = (x_adv - x).flatten(1)
         dist = delta.abs().amax(1) if self.norm == "Linf" else delta.norm(dim=1)
-        if dist.numel() and (dist.max() > self.eps + TOLERANCE or x_adv.min() < 0 or x_adv.max() > 1 or x_adv.isnan().any()):
-            raise RuntimeError(f"AutoAttack produced invalid x_adv: max {self.norm} distance {dist.max().item():.6f} (eps {self.eps}), range [{x_adv.min().item()}, {x_adv.max().item()}]")
+        if dist.max() > self.eps + TOLERANCE or x_adv.min() < 0 or x_adv.max() > 1 or x_adv.isnan().any():
+            raise RuntimeError(
+                f"AutoAttack produced invalid x_adv: max {self.norm} distance {dist.max().item():.6f} (eps {self.eps}), "
+                f"range [{x_adv.min().item()}, {x_adv.max().item()}]"
+            )
 
     def _log(self, name: str, accuracy: float, seconds: float) -> None:
         if self.log_progress:

@@ -1,9 +1,10 @@
 """Training objectives: natural, PGD-AT (Madry et al.), TRADES (Zhang et al.), MART (Wang et al.).
 
 Each objective is called as `objective(model, x, y) -> (loss, logits)` with the model in train mode; the
-adversarial examples are generated with the model in eval mode (BatchNorm statistics are not updated by
-attack iterations, as torchattacks and HYDRA's TRADES do). `logits` are those the loss was computed on
-(adversarial for PGD-AT and MART, natural for TRADES and natural training) and feed the training accuracy.
+adversarial examples are generated against the model in eval mode (BatchNorm statistics are not updated by
+attack iterations, as torchattacks and HYDRA's TRADES do), through a view with BatchNorm folded into the
+convolutions (advprune/attacks/fused.py). `logits` are those the loss was computed on (adversarial for
+PGD-AT and MART, natural for TRADES and natural training) and feed the training accuracy.
 """
 
 from __future__ import annotations
@@ -12,21 +13,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from advprune.attacks.fused import FoldedBatchNorm
 from advprune.attacks.pgd import PGD, ce_sum
 
 
 class Objective:
     name = "base"
     adversarial = True
+    _folded: FoldedBatchNorm | None = None
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    @staticmethod
-    def _in_eval(model: nn.Module, fn):
+    def _in_eval(self, model: nn.Module, attack):
+        """Run `attack(view)` on the eval-mode model with BatchNorm folded into the convolutions (the same
+        function, fewer kernels per attack step), then hand the model back in train mode."""
+        if self._folded is None or self._folded.model is not model:
+            self._folded = FoldedBatchNorm(model)
         model.eval()
         try:
-            return fn()
+            return attack(self._folded.refresh())
         finally:
             model.train()
 
@@ -49,7 +55,7 @@ class PGDAT(Objective):
         self.attack = attack
 
     def __call__(self, model, x, y):
-        x_adv = self._in_eval(model, lambda: self.attack.perturb(model, x, y))
+        x_adv = self._in_eval(model, lambda view: self.attack.perturb(view, x, y))
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
@@ -63,11 +69,11 @@ class TRADES(Objective):
         self.attack, self.beta = attack, float(beta)
 
     def __call__(self, model, x, y):
-        def find_x_adv():
+        def find_x_adv(view):
             with torch.no_grad():
-                p_nat = F.softmax(model(x), dim=1)
+                p_nat = F.softmax(view(x), dim=1)
             kl = lambda logits, target: F.kl_div(F.log_softmax(logits, dim=1), target, reduction="sum")  # noqa: E731
-            return self.attack.perturb(model, x, p_nat, loss=kl, start=x + 0.001 * torch.randn_like(x))
+            return self.attack.perturb(view, x, p_nat, loss=kl, start=x + 0.001 * torch.randn_like(x))
 
         x_adv = self._in_eval(model, find_x_adv)
         logits = model(x)
@@ -85,7 +91,7 @@ class MART(Objective):
         self.attack, self.beta = attack, float(beta)
 
     def __call__(self, model, x, y):
-        x_adv = self._in_eval(model, lambda: self.attack.perturb(model, x, y, loss=ce_sum))
+        x_adv = self._in_eval(model, lambda view: self.attack.perturb(view, x, y, loss=ce_sum))
         logits = model(x)
         logits_adv = model(x_adv)
         p_adv = F.softmax(logits_adv, dim=1)

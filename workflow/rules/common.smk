@@ -1,4 +1,5 @@
 # Config loading and validation, wildcard constraints and every input/param function of the workflow.
+import os
 import sys
 
 from advprune import config as cfg
@@ -116,6 +117,14 @@ def all_finetune_curves():
 
 
 REPORT_DIR = "results/report"
+
+
+def parent_dir_of_input(wildcards, input):
+    return os.path.dirname(input[0])
+
+
+def common_dir_of_output(wildcards, output):
+    return os.path.commonpath(list(output))
 
 
 def report_outputs():

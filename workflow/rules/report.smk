@@ -32,8 +32,8 @@ rule report:
     output:
         report_outputs(),
     params:
-        tables_dir="results/tables",
-        out_dir=REPORT_DIR,
+        tables_dir=parent_dir_of_input,
+        out_dir=common_dir_of_output,
         formats=config["report"]["formats"],
         dpi=config["report"]["dpi"],
         code=code("report.py"),

@@ -1,0 +1,60 @@
+"""An eval-mode view of a model with every Conv2d -> BatchNorm2d pair folded into one convolution.
+
+Attack iterations run the model in eval mode many times per training step, where BatchNorm is a fixed
+affine map: folding it into the preceding convolution removes a kernel from every forward and backward pass.
+The graph is traced once; `refresh()` re-folds the current weights (cheap tensor ops) before each attack.
+The view computes the same function as `model.eval()` up to float rounding. Models that torch.fx cannot
+trace are used unfolded.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+log = logging.getLogger(__name__)
+
+
+class FoldedBatchNorm:
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d, nn.Conv2d]] = []
+        try:
+            graph_module = fx.symbolic_trace(model)
+        except Exception as error:  # noqa: BLE001 - any untraceable model simply runs unfolded
+            log.info("BatchNorm folding off (model not traceable: %s)", error)
+            self.view = model
+            return
+        modules = dict(graph_module.named_modules())
+        for node in list(graph_module.graph.nodes):
+            bn = modules.get(node.target) if node.op == "call_module" else None
+            if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats:
+                continue
+            source = node.args[0]
+            conv = modules.get(source.target) if isinstance(source, fx.Node) and source.op == "call_module" else None
+            if not isinstance(conv, nn.Conv2d) or len(source.users) != 1:
+                continue
+            folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, bias=True,
+                               padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype).requires_grad_(False)
+            name = f"folded_{len(self.pairs)}"
+            graph_module.add_submodule(name, folded)
+            source.target = name  # the conv node now calls the folded conv...
+            node.replace_all_uses_with(source)  # ...and the BatchNorm node is bypassed
+            graph_module.graph.erase_node(node)
+            self.pairs.append((conv, bn, folded))
+        graph_module.graph.lint()
+        graph_module.recompile()
+        self.view = graph_module
+
+    @torch.no_grad()
+    def refresh(self) -> nn.Module:
+        """Fold the current weights and running statistics; returns the view, in eval mode."""
+        for conv, bn, folded in self.pairs:
+            weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+            folded.weight.copy_(weight)
+            folded.bias.copy_(bias)
+        return self.view.eval()

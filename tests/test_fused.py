@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+from advprune.attacks.fused import FoldedBatchNorm
+from advprune.models import build_model
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet18", "vgg16_bn", "wrn_28_4"])
+def test_folded_view_computes_the_eval_model_and_its_input_gradient(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, 10, 3, (16, 16), width=4)
+    model(torch.rand(32, 3, 16, 16))  # train-mode pass: non-trivial running statistics
+    folded = FoldedBatchNorm(model)
+    assert folded.pairs, "no conv-BN pair was folded"
+    view = folded.refresh()
+    model.eval()
+    x = torch.rand(8, 3, 16, 16, requires_grad=True)
+    (g_model,) = torch.autograd.grad(model(x).square().sum(), x)
+    (g_view,) = torch.autograd.grad(view(x).square().sum(), x)
+    assert torch.allclose(model(x), view(x), atol=1e-5)
+    assert torch.allclose(g_model, g_view, atol=1e-4, rtol=1e-3)
+
+
+def test_refresh_follows_weight_updates_and_leaves_the_model_alone():
+    model = build_model("small_cnn", 10, 1, (8, 8), width=4)
+    folded = FoldedBatchNorm(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.mul_(2.0)  # an optimiser step
+    view = folded.refresh()
+    model.eval()
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.allclose(model(x), view(x), atol=1e-5)
+    assert torch.equal(model[0].weight, before["0.weight"] * 2.0)
+    assert all(p.requires_grad for p in model.parameters())
