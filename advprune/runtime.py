@@ -19,19 +19,20 @@ log = logging.getLogger("advprune")
 
 
 def setup_logging(log_path: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
-    """Log plain timestamped lines to stderr and, when given, to the job's log file (Snakemake's `log:`)."""
+    """Log plain timestamped lines to the job's log file (Snakemake's `log:`) when given, else to stderr
+    (a CLI run), so a workflow run's terminal is not flooded by its jobs."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     root = logging.getLogger()
     root.setLevel(level)
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
         os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-        handlers.append(logging.FileHandler(log_path, mode="w"))
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
+        handler: logging.Handler = logging.FileHandler(log_path, mode="w")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
     logging.captureWarnings(True)
 
 

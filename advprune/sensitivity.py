@@ -27,8 +27,16 @@ log = logging.getLogger(__name__)
 def module_sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: PGD, rho: float, steps: int, include_first_last: bool = True) -> list[dict]:
     model.eval()
     x_adv, _ = attack(model, x, y)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)  # only the perturbation needs a gradient
+    try:
+        return _ascend(model, x_adv, y, rho, steps, include_first_last)
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def _ascend(model, x_adv, y, rho, steps, include_first_last) -> list[dict]:
 
     def loss(replaced: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         # functional_call swaps one weight for a differentiable tensor without touching the module.

@@ -1,0 +1,93 @@
+import json
+
+import torch
+import torch.nn as nn
+
+from advprune.attacks import PGD
+from advprune.checkpoint import load_model, load_torch, save_model, save_torch
+from advprune.evaluation import count_flops, model_statistics
+from advprune.models import build_model
+from advprune.provenance import provenance
+from advprune.sensitivity import module_sensitivity
+
+
+def test_flops_count_conv_and_linear_macs_and_skip_zero_weights():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    dense, effective = count_flops(model, (1, 8, 8))
+    assert dense == 8 * 8 * 4 * 9 + 256 * 10
+    with torch.no_grad():
+        model[0].weight[:2] = 0  # half the filters
+    assert count_flops(model, (1, 8, 8)) == (dense, 8 * 8 * 2 * 9 + 256 * 10)
+
+
+def test_model_statistics_measure_sparsity_from_the_weights():
+    model = build_model("small_cnn", 10, 1, (8, 8), width=4)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.view(-1)[: m.weight.numel() // 2] = 0
+    stats = model_statistics(model, (1, 8, 8))
+    assert abs(stats["sparsity_measured"] - 0.5) < 0.01
+    assert stats["params_nonzero"] < stats["params_total"]
+    assert [row["layer_index"] for row in stats["layers"]] == list(range(len(stats["layers"])))
+
+
+def test_sensitivity_is_an_increase_of_the_loss_that_grows_with_the_radius():
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1, (8, 8), width=4).eval()
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attack = PGD(0.1, 0.05, 2)
+    small = module_sensitivity(model, x, y, attack, rho=0.01, steps=3)
+    large = module_sensitivity(model, x, y, attack, rho=0.5, steps=3)
+    assert [r["module"] for r in small] == ["0", "3", "7", "12", "14"]
+    assert all(r["sensitivity"] >= 0 and r["perturbed_loss"] >= r["base_loss"] for r in small)
+    assert sum(r["sensitivity"] for r in large) > sum(r["sensitivity"] for r in small)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights untouched
+    assert all(p.requires_grad for p in model.parameters())
+
+
+class Payload:  # an arbitrary object needs unpickling code to load: weights_only refuses it
+    pass
+
+
+def test_checkpoints_round_trip_and_load_without_pickled_code(tmp_path):
+    model = build_model("resnet18", 10, 1, (8, 8), width=4)
+    meta = {"n_classes": 10, "channels": 1, "image_size": [8, 8]}
+    masks = {"conv1.weight": torch.ones_like(model.conv1.weight, dtype=torch.bool)}
+    save_model(tmp_path / "m.pt", model, "resnet18", {"width": 4}, meta, masks=masks, meta={"note": "x"})
+    loaded, ckpt = load_model(tmp_path / "m.pt")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert ckpt["masks"]["conv1.weight"].dtype == torch.bool and ckpt["meta"] == {"note": "x"}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind
+
+    torch.save({"evil": Payload()}, tmp_path / "evil.pt")
+    try:
+        load_torch(tmp_path / "evil.pt")
+    except Exception as error:  # noqa: BLE001
+        assert "weights_only" in str(error) or "Unsupported global" in str(error)
+    else:
+        raise AssertionError("a pickled object was loaded")
+
+
+def test_an_interrupted_write_keeps_the_previous_checkpoint(tmp_path):
+    save_torch({"v": torch.ones(3)}, tmp_path / "c.pt")
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("killed mid-write")
+
+    try:
+        save_torch({"v": Unsaveable()}, tmp_path / "c.pt")
+    except RuntimeError:
+        pass
+    assert torch.equal(load_torch(tmp_path / "c.pt")["v"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_provenance_names_code_config_packages_seed_and_device():
+    record = provenance({"lr": 0.1}, 3, torch.device("cpu"), code_hash="abc")
+    assert len(record["git_sha"]) == 40 and isinstance(record["git_dirty"], bool)
+    assert record["config_hash"] == provenance({"lr": 0.1}, 3, torch.device("cpu"))["config_hash"] != provenance({"lr": 0.2}, 3, torch.device("cpu"))["config_hash"]
+    assert record["packages"]["torch"].startswith("2.14.1") and record["seed"] == 3 and record["device"] == "cpu" and record["code_hash"] == "abc"
+    json.dumps(record)
