@@ -47,7 +47,7 @@ def load_torch(path: str | os.PathLike, map_location="cpu") -> Any:
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     def write(tmp):
         with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True)
+            json.dump(obj, fh, indent=2)  # insertion order: e.g. attacks in the order they ran
             fh.write("\n")
 
     atomic_write(path, write)

@@ -7,12 +7,10 @@ import csv
 import os
 from pathlib import Path
 
-import torch
-
 from advprune.runtime import configure_torch, pick_device, setup_logging
 
 
-def start_job(log: str | None, threads: int | None, device: str = "auto") -> torch.device:
+def start_job(log: str | None, threads: int | None, device: str = "auto"):
     """Logging to the job's log file, the job's thread budget, deterministic kernels; returns the device."""
     setup_logging(log)
     configure_torch(threads)
@@ -25,6 +23,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     p.add_argument("--log", default=None, help="also write the log to this file")
     return p
+
+
+def add_training_outputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out-model", required=True, help="checkpoint to write")
+    p.add_argument("--out-curve", required=True, help="per-epoch training curve (CSV)")
+    p.add_argument("--resume", required=True, help="resume state file, kept outside the outputs")
 
 
 def load_config(path: str) -> dict:

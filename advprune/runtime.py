@@ -1,4 +1,7 @@
-"""Process-level plumbing shared by every entry script: logging, progress, threads, seeds, devices."""
+"""Process-level plumbing shared by every entry script: logging, progress, threads, seeds, devices.
+
+torch and numpy are imported where needed: the report and aggregate jobs use only the logging half.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,6 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
 T = TypeVar("T")
@@ -56,6 +57,8 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, log_eve
 def configure_torch(threads: int | None = None, deterministic: bool = True) -> None:
     """Pin the thread count (a job must not use more cores than Snakemake gave it) and make kernels
     deterministic, so the same seed gives the same numbers."""
+    import torch
+
     if threads:
         torch.set_num_threads(int(threads))
     if deterministic:
@@ -66,12 +69,17 @@ def configure_torch(threads: int | None = None, deterministic: bool = True) -> N
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def pick_device(requested: str = "auto") -> torch.device:
+def pick_device(requested: str = "auto"):
+    import torch
+
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)

@@ -1,21 +1,17 @@
 """Adversarially fine-tune one pruned model with its mask fixed (pruned weights stay exactly zero)."""
 
-from advprune.attacks import PGD
 from advprune.checkpoint import load_model, save_model
 from advprune.data import load_meta, load_split
-from advprune.entry import load_config, parser, remove_resume_state, start_job, write_csv
+from advprune.entry import add_training_outputs, load_config, parser, remove_resume_state, start_job, write_csv
 from advprune.provenance import provenance
-from advprune.training import TrainSettings, build_objective, train
+from advprune.training import from_params, train
 
 
 def main(model_path, data_dir, seed, params, out_model, out_curve, resume_path, threads=1, log=None, code_hash=None):
     device = start_job(log, threads, params["device"])
     model, ckpt = load_model(model_path, device)
     masks = {k: v.to(device) for k, v in (ckpt["masks"] or {}).items()}
-    cfg, eps = params["train"], params["threat_model"]["eps"]
-    objective = build_objective(cfg["objective"], eps, cfg["attack"], cfg.get("trades_beta", 6.0), cfg.get("mart_beta", 5.0))
-    settings = TrainSettings(**{k: cfg[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule")})
-    val_attack = PGD(eps, cfg["attack"]["step_size"], cfg["attack"]["steps"])
+    objective, settings, val_attack = from_params(params["train"], params["threat_model"]["eps"])
     curve = train(model, objective, load_split(data_dir, "train", device), load_split(data_dir, "val", device), settings, seed, resume_path, val_attack,
                   masks=masks, fingerprint_extra={"params": params, "source": ckpt["meta"], "code": code_hash}, desc="finetune")
     write_csv(curve, out_curve)
@@ -29,9 +25,7 @@ def cli(argv=None):
     p.add_argument("--dataset", required=True)
     p.add_argument("--model", required=True, help="pruned checkpoint")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-model", required=True)
-    p.add_argument("--out-curve", required=True)
-    p.add_argument("--resume", required=True, help="resume state file (kept outside the outputs)")
+    add_training_outputs(p)
     a = p.parse_args(argv)
     from advprune.config import fetch_params, finetune_params
 

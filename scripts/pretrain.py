@@ -1,13 +1,12 @@
 """Adversarially pretrain one dense model per (dataset, arch, seed); resumes after a kill."""
 
-from advprune.attacks import PGD
 from advprune.checkpoint import save_model
 from advprune.data import load_meta, load_split
-from advprune.entry import load_config, parser, remove_resume_state, start_job, write_csv
+from advprune.entry import add_training_outputs, load_config, parser, remove_resume_state, start_job, write_csv
 from advprune.models import build_model
 from advprune.provenance import provenance
 from advprune.runtime import seed_everything
-from advprune.training import TrainSettings, build_objective, train
+from advprune.training import from_params, train
 
 
 def main(data_dir, arch, seed, params, out_model, out_curve, resume_path, threads=1, log=None, code_hash=None):
@@ -16,10 +15,7 @@ def main(data_dir, arch, seed, params, out_model, out_curve, resume_path, thread
     train_split, val_split = load_split(data_dir, "train", device), load_split(data_dir, "val", device)
     seed_everything(seed)
     model = build_model(arch, meta["n_classes"], meta["channels"], meta["image_size"], **params["model"]).to(device)
-    cfg, eps = params["train"], params["threat_model"]["eps"]
-    objective = build_objective(cfg["objective"], eps, cfg["attack"], cfg.get("trades_beta", 6.0), cfg.get("mart_beta", 5.0))
-    settings = TrainSettings(**{k: cfg[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule")})
-    val_attack = PGD(eps, cfg["attack"]["step_size"], cfg["attack"]["steps"])
+    objective, settings, val_attack = from_params(params["train"], params["threat_model"]["eps"])
     curve = train(model, objective, train_split, val_split, settings, seed, resume_path, val_attack, fingerprint_extra={"params": params, "arch": arch, "code": code_hash}, desc=f"pretrain {arch}")
     write_csv(curve, out_curve)
     save_model(out_model, model, arch, params["model"], meta, meta={"provenance": provenance(params, seed, device, code_hash), "final": curve[-1] if curve else {}})
@@ -31,9 +27,7 @@ def cli(argv=None):
     p.add_argument("--dataset", required=True)
     p.add_argument("--arch", required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-model", required=True)
-    p.add_argument("--out-curve", required=True)
-    p.add_argument("--resume", required=True, help="resume state file (kept outside the outputs)")
+    add_training_outputs(p)
     a = p.parse_args(argv)
     from advprune.config import fetch_params, pretrain_params
 

@@ -127,11 +127,14 @@ def layer_sparsity(layers: pd.DataFrame) -> Figure:
             if at_target.empty:
                 _empty_panel(ax, title)
                 continue
-            for method in sort_methods(at_target["method"]):
+            methods = sort_methods(at_target["method"])
+            for k, method in enumerate(methods):
                 stats = _mean_std(at_target[at_target["method"] == method], "layer", "sparsity", 100)
-                stats.index = stats.index.map(position)
+                # Layer-wise methods give identical per-layer sparsities; a small sideways shift per method keeps
+                # every line visible instead of the last one drawn hiding the others.
+                stats.index = stats.index.map(position) + 0.12 * (k - (len(methods) - 1) / 2)
                 stats = stats.sort_index()
-                ax.errorbar(stats.index, stats["mean"],
+                ax.errorbar(stats.index, stats["mean"], alpha=0.85,
                             yerr=stats["std"].fillna(0) if stats["std"].notna().any() else None,
                             color=method_color(method), marker=method_marker(method), markersize=4,
                             linewidth=1.2, capsize=2, label=method)

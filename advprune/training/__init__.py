@@ -1,6 +1,14 @@
 """Adversarial training: objectives (PGD-AT, TRADES, MART, natural) and the resumable epoch loop."""
 
-from advprune.training.losses import OBJECTIVES, build_objective
+from advprune.attacks.pgd import PGD
+from advprune.training.losses import OBJECTIVES, Objective, build_objective
 from advprune.training.trainer import TrainSettings, apply_masks, train
 
-__all__ = ["OBJECTIVES", "TrainSettings", "apply_masks", "build_objective", "train"]
+__all__ = ["OBJECTIVES", "TrainSettings", "apply_masks", "build_objective", "from_params", "train"]
+
+
+def from_params(cfg: dict, eps: float) -> tuple[Objective, TrainSettings, PGD]:
+    """The objective, loop settings and per-epoch validation attack of a `pretrain`/`finetune` params dict."""
+    objective = build_objective(cfg["objective"], eps, cfg["attack"], cfg.get("trades_beta", 6.0), cfg.get("mart_beta", 5.0))
+    settings = TrainSettings(**{k: cfg[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule")})
+    return objective, settings, PGD(eps, cfg["attack"]["step_size"], cfg["attack"]["steps"])
