@@ -88,16 +88,25 @@ def fmt_sparsity(sparsity: float) -> str:
 
 
 # --- the settings each stage depends on (its Snakemake params) -------------------------------------------
+# Snakemake compares params by their printed form: keys are sorted so that reordering the YAML changes nothing.
+
+def _canonical(value):
+    if isinstance(value, dict):
+        return {k: _canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
 
 def fetch_params(config: dict, dataset: str) -> dict:
     data = config["data"]
-    return {
+    return _canonical({
         "raw_dir": str(Path(data["raw_root"]) / dataset),
         "out_dir": str(Path(data["root"]) / dataset),
         "val_fraction": data["val_fraction"],
         "split_seed": data["split_seed"],
         "download": data["download"],
-    }
+    })
 
 
 def _training(config: dict, section: str) -> dict:
@@ -114,11 +123,11 @@ def _training(config: dict, section: str) -> dict:
 
 
 def pretrain_params(config: dict, arch: str) -> dict:
-    return {"model": config["models"].get(arch, {}), "threat_model": config["threat_model"], "train": _training(config, "pretrain"), "device": config["device"]}
+    return _canonical({"model": config["models"].get(arch, {}), "threat_model": config["threat_model"], "train": _training(config, "pretrain"), "device": config["device"]})
 
 
 def sensitivity_params(config: dict) -> dict:
-    return {"threat_model": config["threat_model"], "sensitivity": config["sensitivity"], "include_first_last": config["prune"]["include_first_last"], "device": config["device"]}
+    return _canonical({"threat_model": config["threat_model"], "sensitivity": config["sensitivity"], "include_first_last": config["prune"]["include_first_last"], "device": config["device"]})
 
 
 def method_spec(config: dict, key: str) -> dict:
@@ -128,18 +137,18 @@ def method_spec(config: dict, key: str) -> dict:
 
 
 def prune_params(config: dict, key: str) -> dict:
-    return {
+    return _canonical({
         "method": method_spec(config, key),
         "include_first_last": config["prune"]["include_first_last"],
         "threat_model": config["threat_model"],
         "objective": _training(config, "pretrain"),
         "device": config["device"],
-    }
+    })
 
 
 def finetune_params(config: dict) -> dict:
-    return {"threat_model": config["threat_model"], "train": _training(config, "finetune"), "device": config["device"]}
+    return _canonical({"threat_model": config["threat_model"], "train": _training(config, "finetune"), "device": config["device"]})
 
 
 def evaluate_params(config: dict) -> dict:
-    return {"threat_model": config["threat_model"], "evaluate": config["evaluate"], "include_first_last": config["prune"]["include_first_last"], "device": config["device"]}
+    return _canonical({"threat_model": config["threat_model"], "evaluate": config["evaluate"], "include_first_last": config["prune"]["include_first_last"], "device": config["device"]})
