@@ -9,6 +9,7 @@ import time
 import torch
 import torch.nn as nn
 
+from advprune.attacks.fused import FoldedBatchNorm
 from advprune.attacks.pgd import PGD
 from advprune.pruning import layer_sparsity, prunable_weights
 
@@ -59,13 +60,20 @@ def model_statistics(model: nn.Module, input_shape: tuple[int, ...], include_fir
     }
 
 
-def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, pgd: dict, autoattack: dict, batch_size: int) -> dict:
-    """Clean, PGD and AutoAttack accuracy over `split` (an ArraySplit on the model's device)."""
+def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, pgd: dict, autoattack: dict, batch_size: int, fold_batchnorm: bool = True) -> dict:
+    """Clean, PGD and AutoAttack accuracy over `split` (an ArraySplit on the model's device).
+
+    With `fold_batchnorm`, everything runs on the eval-mode network with BatchNorm folded into the
+    convolutions: the same function up to float rounding, with a third fewer kernels per call, which is what
+    the ~7,000 sequential model calls of standard AutoAttack on a small network spend their time on.
+    """
     if norm != "Linf":
         raise NotImplementedError("only the Linf threat model is evaluated so far")
     from advprune.attacks.autoattack import AutoAttack
 
     model.eval()
+    if fold_batchnorm:
+        model = FoldedBatchNorm(model).refresh()
     x, y = split.float_x(), split.y
     started = time.time()
     with torch.no_grad():
@@ -85,6 +93,7 @@ def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, p
     seconds["autoattack"] = time.time() - started
     return {
         "n_examples": len(y),
+        "batchnorm_folded": fold_batchnorm,
         "clean_acc": float(clean.float().mean()),
         "pgd_acc": float(pgd_robust.float().mean()),
         "autoattack_acc": float(result.robust_accuracy),

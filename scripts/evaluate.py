@@ -18,7 +18,7 @@ def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, ou
     model, ckpt = load_model(model_path, device)
     split = load_split(data_dir, cfg["split"], device, n=cfg["n_examples"])
     stats = model_statistics(model, (meta["channels"], *meta["image_size"]), params["include_first_last"])
-    scores = robustness(model, split, meta["n_classes"], threat["eps"], threat["norm"], cfg["pgd"], cfg["autoattack"], cfg["batch_size"])
+    scores = robustness(model, split, meta["n_classes"], threat["eps"], threat["norm"], cfg["pgd"], cfg["autoattack"], cfg["batch_size"], cfg["fold_batchnorm"])
     record = {
         "dataset": dataset, "arch": arch, "seed": seed, "method": method, "sparsity_target": float(sparsity),
         "threat_model": {"norm": threat["norm"], "eps": threat["eps"]}, "split": cfg["split"],

@@ -33,3 +33,20 @@ def test_refresh_follows_weight_updates_and_leaves_the_model_alone():
     assert torch.allclose(model(x), view(x), atol=1e-5)
     assert torch.equal(model[0].weight, before["0.weight"] * 2.0)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_evaluation_with_and_without_folding_agrees(digits_dir):
+    from advprune.data import load_split
+    from advprune.evaluation import robustness
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1, (8, 8), width=4)
+    split = load_split(digits_dir, "train", n=256)
+    for x, _ in split.batches(64):
+        model(x)  # running statistics
+    test = load_split(digits_dir, "test", n=40)
+    pgd, aa = {"steps": 5, "restarts": 1, "step_size": 0.03}, {"version": "standard", "seed": 0}
+    folded = robustness(model, test, 10, 0.05, "Linf", pgd, aa, 64, fold_batchnorm=True)
+    plain = robustness(model, test, 10, 0.05, "Linf", pgd, aa, 64, fold_batchnorm=False)
+    assert folded["clean_acc"] == plain["clean_acc"]
+    assert abs(folded["pgd_acc"] - plain["pgd_acc"]) <= 1 / 40 and abs(folded["autoattack_acc"] - plain["autoattack_acc"]) <= 1 / 40

@@ -16,8 +16,9 @@ MYSQL_RUN=/run/mysqld
 MUNGE_RUN=/run/munge
 # Name of the SLURM cluster in the accounting database (sacct -M, sacctmgr show cluster).
 CLUSTER_NAME=${ADVPRUNE_SLURM_CLUSTER:-advprune}
-# How many fake GPUs the node advertises (each one is /dev/null: jobs see CUDA_VISIBLE_DEVICES, no device).
-FAKE_GPUS=${ADVPRUNE_SLURM_GPUS:-1}
+# How many fake GPUs the node advertises (each one a harmless character device such as /dev/null: jobs see
+# CUDA_VISIBLE_DEVICES, no device). Two let two GPU jobs run side by side on a 2-core machine.
+FAKE_GPUS=${ADVPRUNE_SLURM_GPUS:-2}
 
 PACKAGES=(slurm-wlm slurmctld slurmd slurm-client slurmdbd munge mariadb-server)
 

@@ -7,8 +7,8 @@
 #   only when one of them is missing; nothing is started by the install (a temporary policy-rc.d forbids it).
 # - Node: this machine under `hostname -s` (added to /etc/hosts if it does not resolve), CPUs and sockets from
 #   `slurmd -C`, RealMemory 90 % of the detected memory (a value above the real one drains the node), and
-#   ADVPRUNE_SLURM_GPUS (default 1) fake GPUs: GRES gpu backed by /dev/null, so `--gpus=1` jobs run
-#   (with CUDA_VISIBLE_DEVICES=0) on a machine without a GPU.
+#   ADVPRUNE_SLURM_GPUS (default 2) fake GPUs of model `fake`: GRES gpu:fake backed by /dev/null, so
+#   `--gpus=1` and `--gpus=fake:1` jobs run (with CUDA_VISIBLE_DEVICES=0) on a machine without a GPU.
 # - Partitions: `cpu` (default) and `gpu`, both on this node.
 # - Accounting: slurmdbd + MariaDB (database slurm_acct_db, user slurm over the unix socket), so `sacct` works
 #   as the Snakemake SLURM executor expects.
@@ -86,6 +86,8 @@ TaskPlugin=task/affinity
 MailProg=/bin/true
 ReturnToService=2
 SchedulerType=sched/backfill
+# Look for startable jobs every 5 s (defaults: 60 s, backfill 30 s): a requeued job starts again promptly.
+SchedulerParameters=sched_interval=5,bf_interval=5
 # Cores, memory and GPUs are consumable: jobs share the node as far as their requests fit.
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
@@ -96,21 +98,29 @@ AccountingStorageHost=$node
 AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=10
+# Store the job comment (the Snakemake plugin puts rule and wildcards there): sacct -o Comment.
+AccountingStoreFlags=job_comment
 # Finished jobs stay visible to squeue/scontrol for 5 min.
 MinJobAge=300
 # SIGTERM -> SIGKILL grace on scancel, requeue and time limits.
 KillWait=10
 # Batch jobs may be requeued (scontrol requeue, node failure, preemption).
 JobRequeue=1
-NodeName=$node CPUs=$cpus $(grep -o 'Boards=[0-9]* SocketsPerBoard=[0-9]* CoresPerSocket=[0-9]* ThreadsPerCore=[0-9]*' <<< "$geometry") RealMemory=$real_mem Gres=gpu:$FAKE_GPUS State=UNKNOWN
+# Job step credentials live 15 s (default 120): long enough to launch a step on this node, and a requeued job
+# waits cred_expire + 1 s before it may start again (instead of two minutes).
+AuthInfo=cred_expire=15
+NodeName=$node CPUs=$cpus $(grep -o 'Boards=[0-9]* SocketsPerBoard=[0-9]* CoresPerSocket=[0-9]* ThreadsPerCore=[0-9]*' <<< "$geometry") RealMemory=$real_mem Gres=gpu:fake:$FAKE_GPUS State=UNKNOWN
 PartitionName=cpu Nodes=$node Default=YES MaxTime=INFINITE DefMemPerCPU=$def_mem State=UP
 PartitionName=gpu Nodes=$node Default=NO MaxTime=INFINITE DefMemPerCPU=$def_mem State=UP
 EOF
 
+# A GRES needs a device file (without File= the node goes INVAL), one distinct file per GPU: harmless
+# character devices stand in for them.
+devices=(/dev/null /dev/zero /dev/full /dev/random /dev/urandom)
+[ "$FAKE_GPUS" -ge 1 ] && [ "$FAKE_GPUS" -le ${#devices[@]} ] || die "ADVPRUNE_SLURM_GPUS must be 1..${#devices[@]}"
 install_file 644 root:root "$SLURM_ETC/gres.conf" <<EOF
-# Written by advprune slurm/cluster/install.sh: fake GPUs (no device behind them). A GRES needs a File=,
-# or the node goes INVAL.
-$(for _ in $(seq "$FAKE_GPUS"); do echo "NodeName=$node Name=gpu File=/dev/null"; done)
+# Written by advprune slurm/cluster/install.sh: fake GPUs of model "fake" (no device behind them).
+$(for dev in "${devices[@]:0:$FAKE_GPUS}"; do echo "NodeName=$node Name=gpu Type=fake File=$dev"; done)
 EOF
 
 install_file 600 slurm:slurm "$SLURM_ETC/slurmdbd.conf" <<EOF

@@ -16,6 +16,15 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! co
   "$here/install.sh"
 fi
 
+config_sum() { cat "$SLURM_ETC/slurm.conf" "$SLURM_ETC/gres.conf" "$SLURM_ETC/slurmdbd.conf" | sha256sum | cut -d' ' -f1; }
+# Daemons running with configs that install.sh has rewritten since (or with configs this script did not
+# record): restart them.
+if live_pid "$SLURM_RUN/slurmctld.pid" slurmctld >/dev/null \
+   && [ "$(cat "$SLURM_RUN/config.sha256" 2>/dev/null)" != "$(config_sum)" ]; then
+  log "configs in $SLURM_ETC changed since the daemons started: restarting them"
+  "$here/stop.sh"
+fi
+
 # One start or stop at a time (the daemons must not inherit the lock: each is started with 9>&-).
 exec 9> /run/lock/advprune-slurm.lock
 flock -w 120 9 || die "another start.sh/stop.sh holds /run/lock/advprune-slurm.lock"
@@ -29,11 +38,13 @@ install -d -m 755 -o mysql -g mysql "$MYSQL_RUN" /var/log/mysql
 install -d -m 755 -o slurm -g slurm "$SLURM_RUN" "$SLURM_LOG" "$SLURM_STATE/slurmctld" "$SLURM_STATE/slurmd"
 
 started=()
+# fail_start LOG: a daemon exited at once (it daemonizes only after reading its config): show why.
+fail_start() { tail -5 "$1" >&2; die "a daemon failed to start, see $1"; }
 
 # --- munge: authentication between all SLURM commands and daemons
 if ! live_pid "$MUNGE_RUN/munged.pid" munged >/dev/null; then
   rm -f "$MUNGE_RUN/munged.pid" "$MUNGE_RUN"/munge.socket.*
-  runuser -u munge -- /usr/sbin/munged 9>&-
+  runuser -u munge -- /usr/sbin/munged 9>&- || fail_start /var/log/munge/munged.log
   started+=(munged)
 fi
 wait_for 20 "munge credentials" bash -c 'munge -n | unmunge'
@@ -56,7 +67,7 @@ SQL
 # --- slurmdbd (daemonizes itself; runs as SlurmUser=slurm)
 if ! live_pid "$SLURM_RUN/slurmdbd.pid" slurmdbd >/dev/null; then
   rm -f "$SLURM_RUN/slurmdbd.pid"
-  /usr/sbin/slurmdbd 9>&-
+  /usr/sbin/slurmdbd 9>&- || fail_start $SLURM_LOG/slurmdbd.log
   started+=(slurmdbd)
 fi
 wait_for 60 "slurmdbd (see $SLURM_LOG/slurmdbd.log)" sacctmgr -n list cluster
@@ -64,7 +75,7 @@ wait_for 60 "slurmdbd (see $SLURM_LOG/slurmdbd.log)" sacctmgr -n list cluster
 # --- slurmctld (registers the cluster in the accounting database on its first start)
 if ! live_pid "$SLURM_RUN/slurmctld.pid" slurmctld >/dev/null; then
   rm -f "$SLURM_RUN/slurmctld.pid"
-  /usr/sbin/slurmctld 9>&-
+  /usr/sbin/slurmctld 9>&- || fail_start $SLURM_LOG/slurmctld.log
   started+=(slurmctld)
 fi
 wait_for 60 "slurmctld (see $SLURM_LOG/slurmctld.log)" bash -c 'scontrol ping | grep -q UP'
@@ -72,7 +83,7 @@ wait_for 60 "slurmctld (see $SLURM_LOG/slurmctld.log)" bash -c 'scontrol ping | 
 # --- slurmd (root: it starts the jobs)
 if ! live_pid "$SLURM_RUN/slurmd.pid" slurmd >/dev/null; then
   rm -f "$SLURM_RUN/slurmd.pid"
-  /usr/sbin/slurmd 9>&-
+  /usr/sbin/slurmd 9>&- || fail_start $SLURM_LOG/slurmd.log
   started+=(slurmd)
 fi
 
@@ -88,6 +99,7 @@ wait_for 60 "node $node to become idle (see $SLURM_LOG/slurmd.log)" \
 wait_for 60 "the cluster in slurmdbd" bash -c "sacctmgr -n -P list cluster format=cluster | grep -qx $CLUSTER_NAME"
 wait_for 30 "sacct" sacct -n -X -S now
 
+config_sum > "$SLURM_RUN/config.sha256"
 if [ ${#started[@]} -gt 0 ]; then
   log "started ${started[*]}; node $node: $(node_state)"
 else
