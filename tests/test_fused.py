@@ -50,3 +50,13 @@ def test_evaluation_with_and_without_folding_agrees(digits_dir):
     plain = robustness(model, test, 10, 0.05, "Linf", pgd, aa, 64, fold_batchnorm=False)
     assert folded["clean_acc"] == plain["clean_acc"]
     assert abs(folded["pgd_acc"] - plain["pgd_acc"]) <= 1 / 40 and abs(folded["autoattack_acc"] - plain["autoattack_acc"]) <= 1 / 40
+
+
+def test_building_the_view_draws_no_random_numbers():
+    # Training builds the view at its first attack; a resumed run does so epochs later than an uninterrupted one.
+    model = build_model("resnet18", 10, 1, (8, 8), width=4)
+    torch.manual_seed(0)
+    FoldedBatchNorm(model).refresh()
+    after_building = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after_building, torch.rand(3))

@@ -38,8 +38,11 @@ class FoldedBatchNorm:
             conv = modules.get(source.target) if isinstance(source, fx.Node) and source.op == "call_module" else None
             if not isinstance(conv, nn.Conv2d) or len(source.users) != 1:
                 continue
-            folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, bias=True,
-                               padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype).requires_grad_(False)
+            # skip_init: drawing initial weights would consume the global RNG, and where the first attack
+            # happens (epoch 1, or the first epoch after a resume) must not change the random stream.
+            folded = torch.nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                                              conv.groups, bias=True, padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
+            folded.requires_grad_(False)
             name = f"folded_{len(self.pairs)}"
             graph_module.add_submodule(name, folded)
             source.target = name  # the conv node now calls the folded conv...

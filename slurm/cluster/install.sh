@@ -95,7 +95,7 @@ GresTypes=gpu
 # Accounting through slurmdbd: sacct (the Snakemake executor's status command) needs it.
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=$node
-AccountingStorageTRES=gres/gpu
+AccountingStorageTRES=gres/gpu,gres/gpu:fake
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=10
 # Store the job comment (the Snakemake plugin puts rule and wildcards there): sacct -o Comment.
