@@ -37,7 +37,6 @@ def module_sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attac
 
 
 def _ascend(model, x_adv, y, rho, steps, include_first_last) -> list[dict]:
-
     def loss(replaced: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         # functional_call swaps one weight for a differentiable tensor without touching the module.
         return F.cross_entropy(torch.func.functional_call(model, replaced or {}, (x_adv,)), y)
