@@ -41,7 +41,7 @@ TEST_OVERLAY = {
     "max-threads": 1,
     "latency-wait": 5,
 }
-SACCT_FIELDS = ["JobIDRaw", "JobName", "Comment", "State", "Partition", "Account", "QOS", "Timelimit", "ReqMem", "AllocTRES", "WorkDir"]
+SACCT_FIELDS = ["JobIDRaw", "JobName", "Comment", "State", "Partition", "Account", "QOS", "Timelimit", "ReqMem", "ReqTRES", "AllocTRES", "WorkDir"]
 SESSION_START = datetime.now() - timedelta(minutes=1)
 
 
@@ -122,7 +122,8 @@ class Workflow:
 
     def start(self, *args, limit=420):
         self.out = open(self.repo / "snakemake.out", "w")
-        self.proc = subprocess.Popen(_command(self.profiles, self.configs, args, limit), cwd=self.repo, env=self.env, stdout=self.out, stderr=subprocess.STDOUT)
+        cmd = _command(self.profiles, self.configs, args, limit)
+        self.proc = subprocess.Popen(cmd, cwd=self.repo, env=self.env, stdout=self.out, stderr=subprocess.STDOUT)
         return self
 
     def wait(self, timeout=480) -> str:
@@ -143,9 +144,14 @@ class Workflow:
     def jobs(self, duplicates=False) -> list[dict]:
         """This copy's SLURM jobs in the accounting database (sacct), oldest first."""
         cmd = ["sacct", "-X", "-P", "-n", "-S", SESSION_START.strftime("%Y-%m-%dT%H:%M:%S"), "-o", ",".join(SACCT_FIELDS)]
-        out = _run(cmd + (["-D"] if duplicates else []), check=True).stdout
-        rows = [dict(zip(SACCT_FIELDS, line.split("|"))) for line in out.splitlines() if line.strip()]
-        return [r for r in rows if Path(r["WorkDir"]) == self.repo]
+        for _ in range(30):  # slurmctld hands job ends to slurmdbd asynchronously: let the last one arrive
+            out = _run(cmd + (["-D"] if duplicates else []), check=True).stdout
+            rows = [dict(zip(SACCT_FIELDS, line.split("|"))) for line in out.splitlines() if line.strip()]
+            rows = [r for r in rows if Path(r["WorkDir"]) == self.repo]
+            if not any(r["State"] in ("PENDING", "RUNNING", "COMPLETING") for r in rows):
+                break
+            time.sleep(0.5)
+        return rows
 
 
 def _planned(text: str) -> dict[str, int]:
@@ -158,15 +164,11 @@ def _planned(text: str) -> dict[str, int]:
 
 
 def _rule_of(comment: str, names) -> str:
-    """The rule (or group) of a job from its SLURM comment: rule_<name>[_wildcards_<values>] or rule_<group>_..."""
+    """The rule of a job from its SLURM comment: rule_<name>[_wildcards_<values>]."""
     for name in sorted(names, key=len, reverse=True):
         if comment == f"rule_{name}" or comment.startswith(f"rule_{name}_"):
             return name
     raise AssertionError(f"SLURM job comment {comment!r} names no rule of the workflow")
-
-
-def _profile_groups() -> dict[str, str]:
-    return yaml.safe_load((REPO / "slurm/profile.yaml").read_text()).get("groups", {})
 
 
 # ---------------------------------------------------------------------------------------------------- pipeline
@@ -191,21 +193,17 @@ def pipeline(slurm_cluster, tmp_path_factory):
 
 def test_every_job_of_the_pipeline_completed_as_a_slurm_job(pipeline):
     wf, plan, log = pipeline
-    groups = _profile_groups()
-    # Expected SLURM jobs: one per job of each ungrouped rule, one per chain of each group (prune -> finetune);
-    # `all` has nothing to run.
-    expected = {rule: n for rule, n in plan.items() if rule != "all" and rule not in groups}
-    for rule, group in groups.items():
-        expected[group] = max(expected.get(group, 0), plan[rule])
+    # One SLURM job per job of the dry run (the profile groups no jobs); `all` has nothing to run.
+    expected = {rule: n for rule, n in plan.items() if rule != "all"}
     jobs = wf.jobs()
     by_rule: dict[str, list[dict]] = {}
     for job in jobs:
-        by_rule.setdefault(_rule_of(job["Comment"], set(plan) | set(groups.values())), []).append(job)
+        by_rule.setdefault(_rule_of(job["Comment"], plan), []).append(job)
     assert {rule: len(js) for rule, js in by_rule.items()} == expected, [(j["JobIDRaw"], j["Comment"]) for j in jobs]
     run_ids = set(re.findall(r"SLURM run ID: (\S+)", log))
     assert len(run_ids) == 1
     for rule, rule_jobs in by_rule.items():
-        gpu = rule in GPU_RULES or rule in groups.values()
+        gpu = rule in GPU_RULES
         for job in rule_jobs:
             where = f"{rule} (SLURM job {job['JobIDRaw']})"
             assert job["State"] == "COMPLETED", where
@@ -213,7 +211,9 @@ def test_every_job_of_the_pipeline_completed_as_a_slurm_job(pipeline):
             # Site settings from slurm/cluster/profile.yaml, GPU model from ADVPRUNE_SLURM_GPU_MODEL.
             assert (job["Account"], job["QOS"]) == ("root", "normal"), where
             assert job["Partition"] == ("gpu" if gpu else "cpu"), where
-            assert ("gres/gpu:fake=1" in job["AllocTRES"]) == gpu, f"{where}: {job['AllocTRES']}"
+            # --gpus=fake:1: the GPU model from ADVPRUNE_SLURM_GPU_MODEL reached sbatch.
+            assert ("gres/gpu:fake=1" in job["ReqTRES"]) == gpu, f"{where}: {job['ReqTRES']}"
+            assert ("gres/gpu" in job["AllocTRES"]) == gpu, f"{where}: {job['AllocTRES']}"
             # slurm-keep-successful-logs: the job's SLURM log stays under logs/slurm/.
             assert list((wf.repo / "logs/slurm").rglob(f"{job['JobIDRaw']}.log")), where
     evaluated = {job["Comment"] for job in by_rule["evaluate"]}
@@ -231,7 +231,7 @@ def test_nothing_left_to_do_after_the_slurm_run(pipeline):
 # ---------------------------------------------------------------------------------------- preemption, retries
 
 
-LONG_PRETRAIN = {"pretrain": {"epochs": 150}}  # ~30 s on one core: time to interrupt it mid-run
+LONG_PRETRAIN = {"pretrain": {"epochs": 80}}  # ~20 s of job on one core: time to interrupt it mid-run
 
 
 @pytest.fixture(scope="module")
@@ -245,35 +245,53 @@ def site_profile(tmp_path_factory) -> Path:
 
 
 def _training_workflow(tmp_path_factory, site_profile, name):
-    """A pretrain of 150 epochs through the profile layered with the filled-in site example; the GPU rules'
-    partition comes from ADVPRUNE_SLURM_GPU_PARTITION."""
+    """A long pretrain through the profile layered with the filled-in site example; the GPU rules' partition
+    comes from ADVPRUNE_SLURM_GPU_PARTITION."""
     overlay = _write_yaml(tmp_path_factory.mktemp("overlay") / "profile.yaml", TEST_OVERLAY)
-    wf = Workflow(tmp_path_factory.mktemp(name), [site_profile, overlay], configs=[".test/config.yaml", "long.yaml"], env={"ADVPRUNE_SLURM_GPU_PARTITION": "gpu"})
+    configs, env = [".test/config.yaml", "long.yaml"], {"ADVPRUNE_SLURM_GPU_PARTITION": "gpu"}
+    wf = Workflow(tmp_path_factory.mktemp(name), [site_profile, overlay], configs=configs, env=env)
     _write_yaml(wf.repo / "long.yaml", LONG_PRETRAIN)
     return wf
 
 
+def _running_training_job(wf: Workflow) -> str | None:
+    """The SLURM id of the pretrain job once it runs and has written resume state (>= 1 epoch done)."""
+    assert wf.proc.poll() is None, (wf.repo / "snakemake.out").read_text()[-3000:]
+    if not (wf.repo / RESUME).exists():
+        return None
+    for line in _run(["squeue", "-h", "-o", "%i|%k|%Z|%T"], check=True).stdout.splitlines():
+        job_id, comment, workdir, state = line.split("|")
+        if comment.startswith("rule_pretrain") and Path(workdir) == wf.repo and state == "RUNNING":
+            return job_id
+    return None
+
+
+# How each run is interrupted once its job has finished an epoch: `scontrol requeue` is what SLURM preemption
+# (PreemptMode=REQUEUE) and node failures with --requeue do; `scancel` makes the job fail.
+INTERRUPTIONS = {"uninterrupted": None, "requeued": ["scontrol", "requeue"], "cancelled": ["scancel"]}
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(slurm_cluster, tmp_path_factory, site_profile):
-    """The same pretraining, never interrupted: started in the background, awaited by the tests that compare."""
-    wf = _training_workflow(tmp_path_factory, site_profile, "uninterrupted").start(PRETRAIN)
-    yield wf
-    wf.stop()
-
-
-def _running_training_job(wf: Workflow, timeout=240) -> str:
-    """The SLURM id of the pretrain job once it has written resume state (>= 1 epoch done)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert wf.proc.poll() is None, (wf.repo / "snakemake.out").read_text()[-3000:]
-        if (wf.repo / RESUME).exists():
-            out = _run(["squeue", "-h", "-o", "%i|%k|%Z|%T"], check=True).stdout
-            for line in out.splitlines():
-                job_id, comment, workdir, state = line.split("|")
-                if comment.startswith("rule_pretrain") and Path(workdir) == wf.repo and state == "RUNNING":
-                    return job_id
-        time.sleep(0.2)
-    raise AssertionError(f"no running pretrain job with resume state after {timeout} s")
+def training_runs(slurm_cluster, tmp_path_factory, site_profile):
+    """The same long pretraining three times side by side: uninterrupted, requeued mid-run, cancelled mid-run.
+    Returns the workflows and the SLURM job id each interruption hit."""
+    runs = {name: _training_workflow(tmp_path_factory, site_profile, name).start(PRETRAIN) for name in INTERRUPTIONS}
+    try:
+        hit: dict[str, str] = {}
+        deadline = time.time() + 300
+        while len(hit) < sum(cmd is not None for cmd in INTERRUPTIONS.values()):
+            assert time.time() < deadline, f"no running pretrain job with resume state to interrupt after 300 s: {hit}"
+            for name, cmd in INTERRUPTIONS.items():
+                if cmd is not None and name not in hit and (job_id := _running_training_job(runs[name])):
+                    done = _run([*cmd, job_id])
+                    assert done.returncode == 0, done.stderr
+                    hit[name] = job_id
+            time.sleep(0.2)
+        outputs = {name: wf.wait() for name, wf in runs.items()}
+        yield runs, hit, outputs
+    finally:
+        for wf in runs.values():
+            wf.stop()
 
 
 def _resumed_after(wf: Workflow) -> list[int]:
@@ -281,54 +299,51 @@ def _resumed_after(wf: Workflow) -> list[int]:
     return [int(n) for n in re.findall(rf"resumed from {re.escape(RESUME)} after epoch (\d+)", log)]
 
 
-def _weights(wf: Workflow) -> dict[str, torch.Tensor]:
-    return torch.load(wf.repo / PRETRAIN, weights_only=True)["state_dict"]
-
-
 def _assert_same_weights(a: Workflow, b: Workflow):
-    wa, wb = _weights(a), _weights(b)
+    wa, wb = (torch.load(wf.repo / PRETRAIN, weights_only=True)["state_dict"] for wf in (a, b))
     assert list(wa) == list(wb)
     different = [name for name in wa if not torch.equal(wa[name], wb[name])]
     assert not different, f"weights differ from the uninterrupted run: {different}"
 
 
-def test_a_requeued_training_job_resumes_to_the_same_weights(tmp_path_factory, site_profile, uninterrupted):
-    wf = _training_workflow(tmp_path_factory, site_profile, "requeued").start(PRETRAIN)
-    try:
-        job_id = _running_training_job(wf)
-        requeue = _run(["scontrol", "requeue", job_id])  # what preemption (PreemptMode=REQUEUE) does
-        assert requeue.returncode == 0, requeue.stderr
-        wf.wait()
-    finally:
-        wf.stop()
-    # SLURM ran the same job twice (sacct -D shows the requeued run); Snakemake saw one job, no retry.
-    runs = [j for j in wf.jobs(duplicates=True) if j["JobIDRaw"] == job_id]
-    assert [j["State"] for j in runs] == ["REQUEUED", "COMPLETED"], runs
-    assert [j["JobIDRaw"] for j in wf.jobs() if j["Comment"].startswith("rule_pretrain")] == [job_id]
-    assert runs[-1]["Partition"] == "gpu" and runs[-1]["Account"] == "root" and runs[-1]["QOS"] == "normal"
+def _pretrain_jobs(wf: Workflow, duplicates=False) -> list[dict]:
+    return [j for j in wf.jobs(duplicates) if j["Comment"].startswith("rule_pretrain")]
+
+
+def test_the_uninterrupted_training_ran_once_on_the_gpu_partition(training_runs):
+    runs, _, _ = training_runs
+    wf = runs["uninterrupted"]
+    [job] = _pretrain_jobs(wf)
+    # Site settings from the filled-in slurm/site-example.yaml, partition from ADVPRUNE_SLURM_GPU_PARTITION.
+    assert (job["State"], job["Partition"], job["Account"], job["QOS"]) == ("COMPLETED", "gpu", "root", "normal")
+    assert "gres/gpu=1" in job["ReqTRES"] and "gres/gpu:" not in job["ReqTRES"]  # --gpus=1: no GPU model set
+    [fetch] = [j for j in wf.jobs() if j["Comment"].startswith("rule_fetch_data")]
+    assert (fetch["State"], fetch["Partition"]) == ("COMPLETED", "cpu")  # default-resources: slurm_partition
+    assert _resumed_after(wf) == []
+
+
+def test_a_requeued_training_job_resumes_to_the_same_weights(training_runs):
+    runs, hit, _ = training_runs
+    wf, job_id = runs["requeued"], hit["requeued"]
+    # SLURM ran the same job twice (sacct -D shows the requeued run); Snakemake saw one job and no failure.
+    assert [j["State"] for j in _pretrain_jobs(wf, duplicates=True)] == ["REQUEUED", "COMPLETED"]
+    assert [j["JobIDRaw"] for j in _pretrain_jobs(wf)] == [job_id]
     resumed = _resumed_after(wf)
     assert len(resumed) == 1 and 1 <= resumed[0] < LONG_PRETRAIN["pretrain"]["epochs"], resumed
     assert not (wf.repo / RESUME).exists()  # removed once the final checkpoint is written
-    uninterrupted.wait()
-    assert _resumed_after(uninterrupted) == []
-    _assert_same_weights(wf, uninterrupted)
+    _assert_same_weights(wf, runs["uninterrupted"])
 
 
-def test_a_cancelled_training_job_is_retried_with_more_time_and_resumes(tmp_path_factory, site_profile, uninterrupted):
-    wf = _training_workflow(tmp_path_factory, site_profile, "cancelled").start(PRETRAIN)
-    try:
-        job_id = _running_training_job(wf)
-        cancel = _run(["scancel", job_id])
-        assert cancel.returncode == 0, cancel.stderr
-        wf.wait()
-    finally:
-        wf.stop()
-    attempts = [j for j in wf.jobs() if j["Comment"].startswith("rule_pretrain")]
-    assert [j["JobIDRaw"] == job_id for j in attempts] == [True, False], attempts
-    assert [j["State"] for j in attempts] == ["CANCELLED", "COMPLETED"]
+def test_a_cancelled_training_job_is_retried_with_more_time_and_resumes(training_runs):
+    runs, hit, outputs = training_runs
+    wf = runs["cancelled"]
+    attempts = _pretrain_jobs(wf)
+    assert [j["JobIDRaw"] == hit["cancelled"] for j in attempts] == [True, False], attempts
+    assert [j["State"].split()[0] for j in attempts] == ["CANCELLED", "COMPLETED"]  # "CANCELLED by <uid>"
     # runtime min(1440 * attempt, 2880) min and mem_mb 8000 * attempt in slurm/profile.yaml.
     assert [j["Timelimit"] for j in attempts] == ["1-00:00:00", "2-00:00:00"]
     assert [j["ReqMem"] for j in attempts] == ["8000M", "16000M"]
+    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S*rule_pretrain", outputs["cancelled"])
+    assert submitted == [j["JobIDRaw"] for j in attempts]  # one Snakemake run submitted both: a retry
     assert len(_resumed_after(wf)) == 1
-    uninterrupted.wait()
-    _assert_same_weights(wf, uninterrupted)
+    _assert_same_weights(wf, runs["uninterrupted"])

@@ -6,6 +6,8 @@
 #   logs        /var/log/slurm/{slurmctld,slurmd,slurmdbd}.log, /var/log/slurm/mariadb.log,
 #               /var/log/munge/munged.log
 #   pid files   /run/slurm/{slurmctld,slurmd,slurmdbd}.pid, /run/mysqld/mysqld.pid, /run/munge/munged.pid
+#   other       /run/slurm/config.sha256 (configs the daemons run with), /run/lock/advprune-slurm.lock,
+#               /var/log/advprune-slurm-install.log (apt-get output of the last package install)
 # Override the file locations only for experiments: every variable below can be set in the environment.
 
 SLURM_ETC=${SLURM_ETC:-/etc/slurm}
@@ -14,6 +16,7 @@ SLURM_LOG=${SLURM_LOG:-/var/log/slurm}
 SLURM_STATE=${SLURM_STATE:-/var/lib/slurm}
 MYSQL_RUN=/run/mysqld
 MUNGE_RUN=/run/munge
+APT_LOG=/var/log/advprune-slurm-install.log
 # Name of the SLURM cluster in the accounting database (sacct -M, sacctmgr show cluster).
 CLUSTER_NAME=${ADVPRUNE_SLURM_CLUSTER:-advprune}
 # How many fake GPUs the node advertises (each one a harmless character device such as /dev/null: jobs see

@@ -7,13 +7,13 @@
 #   only when one of them is missing; nothing is started by the install (a temporary policy-rc.d forbids it).
 # - Node: this machine under `hostname -s` (added to /etc/hosts if it does not resolve), CPUs and sockets from
 #   `slurmd -C`, RealMemory 90 % of the detected memory (a value above the real one drains the node), and
-#   ADVPRUNE_SLURM_GPUS (default 2) fake GPUs of model `fake`: GRES gpu:fake backed by /dev/null, so
-#   `--gpus=1` and `--gpus=fake:1` jobs run (with CUDA_VISIBLE_DEVICES=0) on a machine without a GPU.
+#   ADVPRUNE_SLURM_GPUS (default 2) fake GPUs of model `fake`: GRES gpu:fake backed by /dev/null, /dev/zero, ...,
+#   so `--gpus=1` and `--gpus=fake:1` jobs run (with CUDA_VISIBLE_DEVICES set) on a machine without a GPU.
 # - Partitions: `cpu` (default) and `gpu`, both on this node.
 # - Accounting: slurmdbd + MariaDB (database slurm_acct_db, user slurm over the unix socket), so `sacct` works
 #   as the Snakemake SLURM executor expects.
 # Configs go to /etc/slurm (see common.sh for every path). Safe to run any number of times: a config is
-# rewritten only when its content changes (restart the daemons with stop.sh + start.sh to apply a change).
+# rewritten only when its content changes, and start.sh restarts running daemons whose configs changed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=common.sh
@@ -35,8 +35,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" > /tmp/advprune-slurm-apt.log 2>&1 \
-    || { tail -20 /tmp/advprune-slurm-apt.log >&2; die "apt-get install failed (full log: /tmp/advprune-slurm-apt.log)"; }
+  apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" > "$APT_LOG" 2>&1 \
+    || { tail -20 "$APT_LOG" >&2; die "apt-get install failed (full log: $APT_LOG)"; }
 fi
 
 node=$(node_name)
@@ -51,6 +51,7 @@ field() { sed -n "s/.*\b$1=\([0-9]*\).*/\1/p" <<< "$geometry"; }
 cpus=$(field CPUs)
 [ -n "$cpus" ] || die "could not read the node geometry from 'slurmd -C': $geometry"
 real_mem=$(( $(field RealMemory) * 9 / 10 ))
+layout=$(grep -o 'Boards=[0-9]* SocketsPerBoard=[0-9]* CoresPerSocket=[0-9]* ThreadsPerCore=[0-9]*' <<< "$geometry")
 # Default memory of a job that asks for none (without it such a job takes the whole node).
 def_mem=$(( real_mem / cpus / 2 ))
 
@@ -97,7 +98,7 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=$node
 AccountingStorageTRES=gres/gpu,gres/gpu:fake
 JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=10
+JobAcctGatherFrequency=5
 # Store the job comment (the Snakemake plugin puts rule and wildcards there): sacct -o Comment.
 AccountingStoreFlags=job_comment
 # Finished jobs stay visible to squeue/scontrol for 5 min.
@@ -109,7 +110,7 @@ JobRequeue=1
 # Job step credentials live 15 s (default 120): long enough to launch a step on this node, and a requeued job
 # waits cred_expire + 1 s before it may start again (instead of two minutes).
 AuthInfo=cred_expire=15
-NodeName=$node CPUs=$cpus $(grep -o 'Boards=[0-9]* SocketsPerBoard=[0-9]* CoresPerSocket=[0-9]* ThreadsPerCore=[0-9]*' <<< "$geometry") RealMemory=$real_mem Gres=gpu:fake:$FAKE_GPUS State=UNKNOWN
+NodeName=$node CPUs=$cpus $layout RealMemory=$real_mem Gres=gpu:fake:$FAKE_GPUS State=UNKNOWN
 PartitionName=cpu Nodes=$node Default=YES MaxTime=INFINITE DefMemPerCPU=$def_mem State=UP
 PartitionName=gpu Nodes=$node Default=NO MaxTime=INFINITE DefMemPerCPU=$def_mem State=UP
 EOF

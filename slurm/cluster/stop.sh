@@ -34,6 +34,7 @@ stop "$SLURM_RUN/slurmctld.pid" slurmctld
 stop "$SLURM_RUN/slurmdbd.pid" slurmdbd
 stop "$MYSQL_RUN/mysqld.pid" mariadbd
 stop "$MUNGE_RUN/munged.pid" munged
+rm -f "$SLURM_RUN/config.sha256"
 
 if [ ${#stopped[@]} -gt 0 ]; then
   log "stopped ${stopped[*]}"
