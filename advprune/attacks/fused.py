@@ -55,7 +55,10 @@ class FoldedBatchNorm:
 
     @torch.no_grad()
     def refresh(self) -> nn.Module:
-        """Fold the current weights and running statistics; returns the view, in eval mode."""
+        """Fold the current weights and running statistics; returns the view, in eval mode.
+
+        The view shares its unfolded modules (dropout, unfolded BatchNorm) with the model, so this puts the
+        model in eval mode too: callers attack inside an eval section and restore the mode afterwards."""
         for conv, bn, folded in self.pairs:
             weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
             folded.weight.copy_(weight)
