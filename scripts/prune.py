@@ -2,14 +2,14 @@
 
 from advprune.checkpoint import load_model, save_model, write_json
 from advprune.data import load_meta, load_split
-from advprune.entry import load_config, parser, start_job
+from advprune.entry import load_config, parser, remove_resume_state, start_job
 from advprune.provenance import provenance
 from advprune.pruning import PruneContext, build_method, layer_sparsity
 from advprune.runtime import seed_everything
 from advprune.training import apply_masks
 
 
-def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sensitivity_csv=None, threads=1, log=None, code_hash=None):
+def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sensitivity_csv=None, threads=1, log=None, code_hash=None, resume_prefix=None):
     device = start_job(log, threads, params["device"])
     model, ckpt = load_model(model_path, device)
     options = dict(params["method"])
@@ -23,6 +23,8 @@ def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sens
         include_first_last=params["include_first_last"],
         seed=seed,
         device=device,
+        resume_prefix=resume_prefix,
+        fingerprint={"params": params, "sparsity": float(sparsity), "source": ckpt["meta"], "code": code_hash},
     )
     seed_everything(seed)
     result = method.prune(model, float(sparsity), context)
@@ -34,6 +36,8 @@ def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sens
     save_model(out_model, model, ckpt["arch"], ckpt["model_options"], load_meta(data_dir), masks=result.masks,
                meta={"provenance": provenance(params, seed, device, code_hash), "sparsity_target": float(sparsity)})
     write_json({"method": params["method"], "sparsity_target": float(sparsity), "sparsity_measured": measured, "layers": layers, "info": result.info}, out_info)
+    for path in context.resume_states():
+        remove_resume_state(path)
 
 
 def _read_csv(path):
@@ -52,17 +56,20 @@ def cli(argv=None):
     p.add_argument("--sensitivity", default=None, help="sensitivity CSV, for methods that use it")
     p.add_argument("--out-model", required=True)
     p.add_argument("--out-info", required=True)
+    p.add_argument("--resume-prefix", default=None, help="resume states of the method's training phases: PREFIX.<phase>.state.pt")
     a = p.parse_args(argv)
     from advprune.config import fetch_params, prune_params
 
     config = load_config(a.config)
-    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.sparsity, a.seed, prune_params(config, a.method), a.out_model, a.out_info, a.sensitivity, a.threads, a.log)
+    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.sparsity, a.seed, prune_params(config, a.method), a.out_model, a.out_info, a.sensitivity, a.threads, a.log,
+         resume_prefix=a.resume_prefix)
 
 
 if __name__ == "__main__":
     if "snakemake" in globals():
         sm = snakemake  # noqa: F821
         main(sm.input.model, sm.params.data_dir, float(sm.wildcards.sparsity), int(sm.wildcards.seed), sm.params.settings, sm.output.model, sm.output.info,
-             sm.input.get("sensitivity"), sm.threads, sm.log[0], sm.params.code)
+             sm.input.get("sensitivity"), sm.threads, sm.log[0], sm.params.code,
+             sm.params.resume_prefix)
     else:
         cli()

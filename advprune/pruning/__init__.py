@@ -51,7 +51,8 @@ def build_method(name: str, **options) -> PruningMethod:
 @dataclass
 class PruneContext:
     """What a method may use besides the model: data splits (ArraySplit), the threat model, the
-    pretraining objective's settings, the sensitivity table, the seed and the device."""
+    pretraining objective's settings (`objective`: the pretrain params' `train` dict), the sensitivity table,
+    the seed, the device, and where its training phases keep their resume states."""
 
     train: Any = None
     val: Any = None
@@ -61,6 +62,42 @@ class PruneContext:
     include_first_last: bool = True
     seed: int = 0
     device: torch.device = torch.device("cpu")
+    resume_prefix: str | None = None  # phase p resumes from f"{resume_prefix}.{p}.state.pt"
+    fingerprint: dict = field(default_factory=dict)  # params and code hash: a resume state from other ones is ignored
+
+    def build_objective(self, name: str | None = None, **overrides):
+        """A training objective with the pretraining's attack and betas; `name` (None = the pretraining
+        objective) and `overrides` (attack, trades_beta, mart_beta) replace the pretraining's choices."""
+        from advprune.training import build_objective
+
+        cfg = {**self.objective, **{k: v for k, v in overrides.items() if v is not None}}
+        return build_objective(name or cfg["objective"], self.threat_model["eps"], cfg["attack"], cfg.get("trades_beta", 6.0), cfg.get("mart_beta", 5.0))
+
+    def fit(self, model: nn.Module, objective, settings, phase: str, masks=None, validate_robust: bool = True, **train_options) -> list[dict]:
+        """Run one training phase of a method (advprune.training.train) on the train split, resumable after a
+        kill under the job's resume prefix; returns its per-epoch curve."""
+        from advprune.attacks.pgd import PGD
+        from advprune.training import train
+
+        attack = self.objective["attack"]
+        val_attack = PGD(self.threat_model["eps"], attack["step_size"], attack["steps"]) if validate_robust else None
+        resume = f"{self.resume_prefix}.{phase}.state.pt" if self.resume_prefix else _scratch_path(phase)
+        return train(model, objective, self.train, self.val, settings, self.seed, resume, val_attack, masks=masks,
+                     fingerprint_extra={**self.fingerprint, "phase": phase}, desc=phase, **train_options)
+
+    def resume_states(self) -> list[str]:
+        """The resume files this job's phases wrote (removed once its outputs exist)."""
+        import glob
+
+        return glob.glob(f"{glob.escape(self.resume_prefix)}.*.state.pt") if self.resume_prefix else []
+
+
+def _scratch_path(phase: str) -> str:
+    """Without a resume prefix (library use, tests) a phase still needs somewhere to write its epoch states."""
+    import os
+    import tempfile
+
+    return os.path.join(tempfile.mkdtemp(prefix="advprune-"), f"{phase}.state.pt")
 
 
 @dataclass

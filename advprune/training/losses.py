@@ -25,6 +25,18 @@ class Objective:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    # Hooks of the epoch loop (advprune.training.trainer.train); objectives with state between steps
+    # (a pruning method's regulariser, ADMM variables, loss-term averages) override them.
+    def epoch_end(self, model: nn.Module, epoch: int) -> dict:
+        """Runs after each epoch's updates; returns extra curve columns."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def _in_eval(self, model: nn.Module, attack):
         """Run `attack(view)` on the eval-mode model with BatchNorm folded into the convolutions (the same
         function, fewer kernels per attack step), then hand the model back in train mode."""

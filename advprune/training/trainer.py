@@ -80,9 +80,18 @@ def train(
     masks: dict[str, torch.Tensor] | None = None,
     fingerprint_extra: dict | None = None,
     desc: str = "train",
+    param_groups: list[dict] | None = None,
+    keep_best: str | None = None,
 ) -> list[dict]:
-    """Train in place; returns the per-epoch curve rows. With `masks`, pruned weights stay exactly zero."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Train in place; returns the per-epoch curve rows. With `masks`, pruned weights stay exactly zero.
+
+    `param_groups`: optimizer groups (default: every parameter with requires_grad, the settings' lr).
+    `keep_best`: a curve column (e.g. "val_robust_acc"); the model ends with the weights of the epoch where it
+    was highest (checkpoint selection on the validation split).
+    The objective takes part through optional hooks (see `Objective`): `epoch_end(model, epoch) -> dict` runs after
+    each epoch's updates and adds curve columns; `state_dict()`/`load_state_dict()` carry its state across a resume.
+    """
+    params = param_groups or [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     if settings.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.epochs, 1))
@@ -94,13 +103,15 @@ def train(
 
     curve: list[dict] = []
     start_epoch = 0
+    best: dict | None = None  # {"epoch", "value", "model"} for keep_best
     if os.path.exists(resume_path):
         state = load_torch(resume_path)
         if state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            curve, start_epoch = state["curve"], state["epoch"] + 1
+            objective.load_state_dict(state["objective"])
+            curve, start_epoch, best = state["curve"], state["epoch"] + 1, state["best"]
             log.info("%s: resumed from %s after epoch %d", desc, resume_path, state["epoch"] + 1)
         else:
             log.info("%s: ignoring resume state %s written under other settings", desc, resume_path)
@@ -125,22 +136,26 @@ def train(
             seen += len(y)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        row = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": total_loss / seen,
-            "train_acc": total_correct / seen,
-            "val_clean_acc": accuracy(model, val_split),
-            "val_robust_acc": robust_accuracy(model, val_split, val_attack) if val_attack else float("nan"),
-            "seconds": time.time() - started,
-        }
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": total_loss / seen, "train_acc": total_correct / seen}
+        row.update(objective.epoch_end(model, epoch))
+        row["val_clean_acc"] = accuracy(model, val_split)
+        row["val_robust_acc"] = robust_accuracy(model, val_split, val_attack) if val_attack else float("nan")
+        row["seconds"] = time.time() - started
         curve.append(row)
+        if keep_best and (best is None or row[keep_best] > best["value"]):
+            best = {"epoch": epoch + 1, "value": row[keep_best], "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         log.info(
             "%s epoch %d/%d: loss %.4f train acc %.3f val clean %.3f val robust %.3f (%.1fs)",
             desc, epoch + 1, settings.epochs, row["train_loss"], row["train_acc"], row["val_clean_acc"], row["val_robust_acc"], row["seconds"],
         )
         save_torch(
-            {"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "curve": curve},
+            {
+                "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "objective": objective.state_dict(), "curve": curve, "best": best,
+            },
             resume_path,
         )
+    if best is not None:
+        model.load_state_dict(best["model"])
+        log.info("%s: kept epoch %d (best %s %.4f)", desc, best["epoch"], keep_best, best["value"])
     return curve

@@ -69,6 +69,11 @@ def resume_path(wildcards, output):
     return f"resume/{output[0]}.state.pt"
 
 
+def resume_prefix(wildcards, output):
+    # Methods that train keep one resume state per phase: {prefix}.{phase}.state.pt
+    return f"resume/{output[0]}"
+
+
 def prune_inputs(wildcards):
     inputs = {
         "model": "results/pretrain/{dataset}/{arch}/seed{seed}/model.pt".format(**wildcards),

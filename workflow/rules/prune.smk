@@ -8,6 +8,7 @@ rule prune:
         settings=prune_settings,
         data_dir=data_dir,
         code=prune_code,
+        resume_prefix=resume_prefix,
     log:
         "logs/prune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}.log",
     benchmark:
