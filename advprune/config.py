@@ -63,15 +63,19 @@ def validate(config: dict) -> dict:
     schema = yaml.safe_load((SCHEMA_DIR / "config.schema.yaml").read_text())
     _check(config, schema)
     _fill_defaults(config, schema, schema)
-    method_schemas = yaml.safe_load((SCHEMA_DIR / "methods.schema.yaml").read_text())
+    method_schemas = method_option_schemas()
     for key, spec in config["prune"]["methods"].items():
         name = spec.get("method", key)
-        if name not in method_schemas or name.startswith("$") or name == "description":
-            known = ", ".join(k for k in method_schemas if not k.startswith("$") and k != "description")
-            raise ConfigError(f"config key 'prune.methods.{key}': unknown pruning method {name!r} (known: {known})")
+        if name not in method_schemas:
+            raise ConfigError(f"config key 'prune.methods.{key}': unknown pruning method {name!r} (known: {', '.join(sorted(method_schemas))})")
         _check(spec, method_schemas[name], f"prune.methods.{key}")
-        _fill_defaults(spec, method_schemas[name], method_schemas)
+        _fill_defaults(spec, method_schemas[name], method_schemas[name])
     return config
+
+
+def method_option_schemas() -> dict[str, dict]:
+    """Method name -> the schema of its options: one file per method, beside its module in advprune/pruning/."""
+    return {path.name.removesuffix(".schema.yaml"): yaml.safe_load(path.read_text()) for path in sorted((SCHEMA_DIR / "methods").glob("*.schema.yaml"))}
 
 
 def load_config(path: str | Path) -> dict:

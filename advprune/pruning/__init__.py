@@ -8,6 +8,7 @@ prunable weights (parameter name -> bool tensor, True = kept); structured method
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +17,6 @@ import torch
 import torch.nn as nn
 
 _METHODS: dict[str, type[PruningMethod]] = {}
-# Method modules, imported on first use so that a method's dependencies load only where it runs.
-_MODULES = ("lwm", "random")
 
 
 def register_method(name: str):
@@ -32,8 +31,11 @@ def register_method(name: str):
 
 
 def _load_all() -> None:
-    for module in _MODULES:
-        importlib.import_module(f"advprune.pruning.{module}")
+    """Import every method module: each public module of this package is one method (helpers start with '_');
+    imported on first use so that a method's dependencies load only where it runs."""
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
 
 
 def list_methods() -> list[str]:
