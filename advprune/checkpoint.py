@@ -2,7 +2,11 @@
 with `weights_only=True` (no pickled code is executed on load).
 
 A model checkpoint holds everything to rebuild the network without the config:
-{"format", "arch", "model_options", "n_classes", "in_channels", "image_size", "state_dict", "masks", "meta"}.
+{"format", "arch", "model_options", "n_classes", "in_channels", "image_size", "state_dict", "masks", "meta",
+"structured"}. `structured` marks a network whose channels were physically removed (structured pruning): its
+layers are narrower than the architecture's, so loading builds the dense architecture, resizes every Conv2d,
+BatchNorm and Linear to the saved shapes, then loads the weights (no pickled modules). Checkpoints written
+before the flag existed read as not structured.
 """
 
 from __future__ import annotations
@@ -53,7 +57,24 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, write)
 
 
+def build_dense(ckpt: dict, device="cpu") -> nn.Module:
+    """The checkpoint's architecture at full width, freshly initialised (the dense reference of a pruned model)."""
+    from advprune.models import build_model
+
+    return build_model(ckpt["arch"], ckpt["n_classes"], ckpt["in_channels"], ckpt["image_size"], **ckpt["model_options"]).to(device)
+
+
 def save_model(path, model: nn.Module, arch: str, model_options: dict, data_meta: dict, masks: dict | None = None, meta: dict | None = None) -> None:
+    """`structured` is detected, not passed: a model whose tensors differ in shape from the architecture's (built
+    on the meta device, so nothing is allocated) had channels removed; any script re-saving a loaded smaller
+    model (fine-tuning) keeps the flag without knowing about it."""
+    from advprune.models import build_model
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with torch.device("meta"):
+        dense = build_model(arch, int(data_meta["n_classes"]), int(data_meta["channels"]), list(data_meta["image_size"]), **model_options)
+    dense = dense.state_dict()
+    structured = any(k in dense and dense[k].shape != v.shape for k, v in state.items())
     save_torch(
         {
             "format": FORMAT,
@@ -62,9 +83,10 @@ def save_model(path, model: nn.Module, arch: str, model_options: dict, data_meta
             "n_classes": int(data_meta["n_classes"]),
             "in_channels": int(data_meta["channels"]),
             "image_size": list(data_meta["image_size"]),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "state_dict": state,
             "masks": None if masks is None else {k: v.detach().cpu().bool() for k, v in masks.items()},
             "meta": meta or {},
+            "structured": structured,
         },
         path,
     )
@@ -72,11 +94,33 @@ def save_model(path, model: nn.Module, arch: str, model_options: dict, data_meta
 
 def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
     """Rebuild the network from a checkpoint; returns (model on `device`, the checkpoint dict)."""
-    from advprune.models import build_model
-
     ckpt = load_torch(path)
     if ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported checkpoint format {ckpt.get('format')!r}")
-    model = build_model(ckpt["arch"], ckpt["n_classes"], ckpt["in_channels"], ckpt["image_size"], **ckpt["model_options"])
+    model = build_dense(ckpt)
+    if ckpt.get("structured", False):
+        resize_to_state_dict(model, ckpt["state_dict"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device), ckpt
+
+
+def resize_to_state_dict(model: nn.Module, state_dict: dict) -> None:
+    """Give every Conv2d, BatchNorm and Linear of `model` the tensor shapes (and channel/feature counts) of
+    `state_dict`, with uninitialised values that load_state_dict then overwrites."""
+    for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+            for key, tensor in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+                saved = state_dict.get(prefix + key)
+                if saved is not None and saved.shape != tensor.shape:
+                    resized = torch.empty(saved.shape, dtype=tensor.dtype)
+                    if isinstance(tensor, nn.Parameter):
+                        setattr(m, key, nn.Parameter(resized, requires_grad=tensor.requires_grad))
+                    else:
+                        setattr(m, key, resized)
+        if isinstance(m, nn.Conv2d):
+            m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+        elif isinstance(m, nn.Linear):
+            m.out_features, m.in_features = m.weight.shape
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.num_features = len(m.running_mean) if m.running_mean is not None else len(m.weight)

@@ -1,9 +1,12 @@
 """Evaluation of one model: clean accuracy, PGD and standard AutoAttack robust accuracy on the same points,
-plus sparsity, parameter counts and FLOPs measured from the saved weights."""
+plus sparsity, parameter counts, FLOPs and CPU latency measured from the saved weights, against the dense
+network of the same architecture (which matters once structured pruning has removed channels)."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import statistics
 import time
 
 import torch
@@ -11,7 +14,8 @@ import torch.nn as nn
 
 from advprune.attacks.fused import FoldedBatchNorm
 from advprune.attacks.pgd import PGD
-from advprune.pruning import layer_sparsity, prunable_weights
+from advprune.pruning import prunable_weights
+from advprune.pruning._structured import layer_sparsity_vs_dense
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +46,60 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, in
     return dense, effective
 
 
-def model_statistics(model: nn.Module, input_shape: tuple[int, ...], include_first_last: bool = True) -> dict:
+LATENCY_DEFAULTS = {"batch_size": 64, "warmup": 2, "repeats": 10}
+
+
+@torch.inference_mode()
+def cpu_latency(models: list[nn.Module], input_shape: tuple[int, ...], batch_size: int = 64, warmup: int = 2, repeats: int = 10,
+                seed: int = 0) -> list[float]:
+    """Milliseconds per forward pass of a batch of `batch_size` random inputs on the CPU, per model: copies of
+    the eval-mode models (BatchNorm not folded; dense kernels, so zeroed weights cost as much as any other),
+    `warmup` untimed passes each, then the median of `repeats` timed passes, the models taking turns within
+    each repeat so that a slow spell of a shared machine hits all of them alike. Torch's intra-op threads are
+    what the job set (recorded beside the times)."""
+    models = [copy.deepcopy(m).cpu().eval() for m in models]
+    x = torch.rand(batch_size, *input_shape, generator=torch.Generator().manual_seed(seed))
+    for m in models:
+        for _ in range(warmup):
+            m(x)
+    times = [[] for _ in models]
+    for _ in range(repeats):
+        for m, t in zip(models, times):
+            started = time.perf_counter()
+            m(x)
+            t.append(time.perf_counter() - started)
+    return [1000 * statistics.median(t) for t in times]
+
+
+def model_statistics(model: nn.Module, input_shape: tuple[int, ...], include_first_last: bool = True, dense: nn.Module | None = None,
+                     latency: dict | None = None) -> dict:
+    """Sparsity, parameter counts and FLOPs of `model` against `dense`, the full-width network of its
+    architecture (default: the model itself, right unless channels were removed): sparsity counts both
+    removed and zeroed weights of the dense prunable layers; params_* and flops_effective are this model's,
+    flops_dense the dense architecture's; `dense_params_total`, `dense_params_prunable` the dense network's.
+    With `latency` (cpu_latency's options): `latency_ms`, `latency_dense_ms`, the CPU milliseconds per batch
+    of the model and of the dense network, timed the same way, and `latency_settings`."""
+    dense = model if dense is None else dense
+    dense_prunable = sum(w.numel() for w in prunable_weights(dense, include_first_last).values())
+    layers = layer_sparsity_vs_dense(model, dense, include_first_last)
+    removed = sum(r["sparsity"] * r["n_params"] for r in layers)
     weights = prunable_weights(model, include_first_last)
-    prunable = sum(w.numel() for w in weights.values())
-    zeros = sum(int((w == 0).sum()) for w in weights.values())
-    total = sum(p.numel() for p in model.parameters())
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
-    flops_dense, flops_effective = count_flops(model, input_shape)
-    return {
-        "sparsity_measured": zeros / prunable,
-        "params_total": total,
+    stats = {
+        "sparsity_measured": round(removed) / dense_prunable,
+        "params_total": sum(p.numel() for p in model.parameters()),
         "params_nonzero": nonzero,
-        "params_prunable": prunable,
-        "flops_dense": flops_dense,
-        "flops_effective": flops_effective,
-        "layers": layer_sparsity(model, include_first_last),
+        "params_prunable": sum(w.numel() for w in weights.values()),
+        "dense_params_total": sum(p.numel() for p in dense.parameters()),
+        "dense_params_prunable": dense_prunable,
+        "flops_dense": count_flops(dense, input_shape)[0],
+        "flops_effective": count_flops(model, input_shape)[1],
+        "layers": layers,
     }
+    if latency is not None:
+        ms, dense_ms = cpu_latency([model, dense], input_shape, **latency)
+        stats.update(latency_ms=ms, latency_dense_ms=dense_ms, latency_settings={"device": "cpu", "threads": torch.get_num_threads(), **latency})
+    return stats
 
 
 def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, pgd: dict, autoattack: dict, batch_size: int, fold_batchnorm: bool = True) -> dict:

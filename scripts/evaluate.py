@@ -1,26 +1,31 @@
-"""Evaluate one model: clean, PGD and standard AutoAttack accuracy, sparsity, parameters and FLOPs;
-writes one RobustBench-like JSON record with provenance."""
+"""Evaluate one model: clean, PGD and standard AutoAttack accuracy, sparsity, parameters, FLOPs and CPU latency
+against the dense network of its architecture; writes one RobustBench-like JSON record with provenance."""
 
 import time
 
-from advprune.checkpoint import load_model, write_json
+from advprune.checkpoint import build_dense, load_model, write_json
 from advprune.data import load_meta, load_split
 from advprune.entry import load_config, parser, start_job
-from advprune.evaluation import model_statistics, robustness
+from advprune.evaluation import LATENCY_DEFAULTS, model_statistics, robustness
 from advprune.provenance import provenance
 
 
-def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, out_json, threads=1, log=None, code_hash=None):
+def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, out_json, threads=1, log=None, code_hash=None, labels=None):
+    """`labels`: fields recorded beside the identifiers (method implementation, a study's variant)."""
     started = time.time()
     device = start_job(log, threads, params["device"])
     cfg, threat = params["evaluate"], params["threat_model"]
     meta = load_meta(data_dir)
     model, ckpt = load_model(model_path, device)
     split = load_split(data_dir, cfg["split"], device, n=cfg["n_examples"])
-    stats = model_statistics(model, (meta["channels"], *meta["image_size"]), params["include_first_last"])
+    # the dense reference: the checkpoint's architecture at full width (only its shapes and speed matter)
+    latency = cfg.get("latency", LATENCY_DEFAULTS)
+    stats = model_statistics(model, (meta["channels"], *meta["image_size"]), params["include_first_last"], dense=build_dense(ckpt, device),
+                             latency=None if latency is None else {**LATENCY_DEFAULTS, **latency})
     scores = robustness(model, split, meta["n_classes"], threat["eps"], threat["norm"], cfg["pgd"], cfg["autoattack"], cfg["batch_size"], cfg["fold_batchnorm"])
     record = {
-        "dataset": dataset, "arch": arch, "seed": seed, "method": method, "sparsity_target": float(sparsity),
+        "dataset": dataset, "arch": arch, "seed": seed, "method": method, "sparsity_target": float(sparsity), **(labels or {}),
+        "structured": bool(ckpt.get("structured", False)),
         "threat_model": {"norm": threat["norm"], "eps": threat["eps"]}, "split": cfg["split"],
         **scores, **stats,
         "wall_time_s": time.time() - started,
@@ -50,6 +55,7 @@ if __name__ == "__main__":
     if "snakemake" in globals():
         sm = snakemake  # noqa: F821
         w = sm.wildcards
-        main(sm.input.model, sm.params.data_dir, w.dataset, w.arch, int(w.seed), w.method, float(w.sparsity), sm.params.settings, sm.output[0], sm.threads, sm.log[0], sm.params.code)
+        main(sm.input.model, sm.params.data_dir, w.dataset, w.arch, int(w.seed), w.get("method", "dense"), float(w.get("sparsity", 0)), sm.params.settings,
+             sm.output[0], sm.threads, sm.log[0], sm.params.code, sm.params.labels)
     else:
         cli()

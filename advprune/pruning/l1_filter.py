@@ -1,0 +1,62 @@
+"""L1-filter pruning (Li et al. 2017, "Pruning Filters for Efficient ConvNets"): remove the filters with the
+smallest sum of absolute kernel weights, the same ratio in every layer, physically (a smaller network).
+
+The uniform ratio is the one that removes the target fraction of prunable weights (`measure: params`, the
+pipeline's sparsity) or of multiply-accumulates (`measure: flops`), found by bisection over whole channels
+(`ratios_for_budget`), capped at `max_ratio` per group. A channel group couples the filters of every conv that
+writes into the same channels (residual connections, see advprune/pruning/_structured.py); its L1 score is
+the sum over those filters. Filters of one group are ranked once on the dense weights (Li et al.'s
+"independent" strategy), not re-scored after each removal.
+
+Deviations from the paper: Li et al. hand-pick per-layer ratios from a sensitivity analysis and, in ResNets,
+prune only the first conv of each block (the residual channels stay); this baseline prunes every channel
+group, residual ones included, at one uniform ratio (the "uniform structured baseline"). Retraining is the
+pipeline's fine-tuning stage.
+"""
+
+import torch
+
+from advprune.pruning import PruneResult, PruningMethod, prunable_weights, register_method
+from advprune.pruning._structured import (
+    MEASURES,
+    channel_groups,
+    channel_importance,
+    keep_for_ratios,
+    ratios_for_budget,
+    remove_channels,
+    structured_cost,
+)
+
+CRITERIA = ("l1", "l2", "random")
+
+
+@register_method("l1_filter")
+class L1Filter(PruningMethod):
+    structured = True
+
+    def __init__(self, criterion: str = "l1", measure: str = "params", max_ratio: float = 0.95):
+        if criterion not in CRITERIA:
+            raise ValueError(f"l1_filter: criterion must be one of {', '.join(CRITERIA)}, not {criterion!r}")
+        if measure not in MEASURES:
+            raise ValueError(f"l1_filter: measure must be one of {', '.join(MEASURES)}, not {measure!r}")
+        if not 0.0 < max_ratio < 1.0:
+            raise ValueError(f"l1_filter: max_ratio must be in (0, 1), not {max_ratio!r}")
+        self.criterion, self.measure, self.max_ratio = criterion, measure, max_ratio
+
+    def prune(self, model, sparsity, context):
+        example = torch.zeros(1, *context.train.x.shape[1:], device=context.device)
+        groups = channel_groups(model, example, context.include_first_last)
+        counted = [name.removesuffix(".weight") for name in prunable_weights(model, context.include_first_last)]
+        ratios = ratios_for_budget(model, example, groups, dict.fromkeys((g.name for g in groups), 1.0), sparsity, self.measure,
+                                   max_ratio=self.max_ratio, counted_layers=counted)
+        importance = channel_importance(model, groups, self.criterion, generator=torch.Generator().manual_seed(context.seed))
+        keep = keep_for_ratios(groups, importance, ratios)
+        small = remove_channels(model, example, keep)
+        dense_cost, small_cost = structured_cost(model, example), structured_cost(small, example)
+        return PruneResult(model=small, info={
+            "criterion": self.criterion,
+            "measure": self.measure,
+            "ratios": ratios,
+            "channels": {g.name: [int(keep[g.name].sum()), g.n_channels] for g in groups},
+            "reduction_all_layers": {m: 1.0 - small_cost[m] / dense_cost[m] for m in MEASURES},
+        })
