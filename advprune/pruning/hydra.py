@@ -1,0 +1,173 @@
+"""HYDRA (Sehwag, Wang, Mittal, Jana, NeurIPS 2020, "HYDRA: Pruning Adversarially Robust Neural Networks").
+
+Pruning as empirical risk minimisation over importance scores: the pretrained weights W stay frozen, every
+prunable weight gets a real score s, and the network computes with W * M(s), where M keeps the top-k of |s|
+in each layer (k = 1 - sparsity, the same in every layer, first and last included unless
+`include_first_last` is false). The scores are trained with the robust objective; the mask's backward is the
+identity (straight-through estimator, the official GetSubnet), so gradients reach the scores of pruned weights
+too and a pruned weight can come back. The final mask is M(s) of the trained scores; fine-tuning the surviving
+weights with that mask fixed is the pipeline's finetune stage. The score curve's `mask_changed` column (and
+info["mask_changed"]) is the fraction of prunable weights whose mask differs from the initial scores' mask.
+
+Following the official code (inspire-group/hydra: models/layers.py SubnetConv/GetSubnet, utils/model.py
+initialize_scaled_score/freeze_vars/prepare_model, train.py, trainer/adv.py, args.py, configs/configs.yml,
+get_compact_net_adv_train.sh):
+  - score_init 'scaled' (`--scaled-score-init`, used by every pruning script): s = sqrt(6 / fan_in) W / max|W|,
+    Kaiming-uniform scale, and M(s) at the start equals layer-wise LWM; 'kaiming_uniform' / 'kaiming_normal'
+    are the repo's `--scores_init_type` alternatives (random scores, drawn from a generator seeded by the seed);
+  - conv/linear weights and biases (every parameter but BatchNorm's) frozen; BatchNorm affine parameters keep training unless `freeze_bn`
+    (official `--freeze-bn`, default off), and the running statistics follow the masked network since the
+    model trains in train mode; both stay in the returned model, as the official fine-tuning starts from the
+    pruning checkpoint;
+  - SGD over every trainable parameter (scores, BatchNorm): lr 0.1, momentum 0.9, weight decay 1e-4 (on the
+    scores too), cosine schedule, batch 128, 20 epochs (the scripts' pruning epochs), the last epoch kept;
+  - objective: the official `adv` trainer is TRADES with beta 6 (10 KL-PGD steps). Here `objective: null` is
+    the pretraining objective with its attack, so pruning and pretraining match; set `objective: trades`
+    (and `trades_beta`, null = the pretraining's, 6 by default) for the paper's choice.
+Deviations: a layer prunes round(sparsity * n) weights (masks_from_scores, ties by index) where GetSubnet
+prunes int(sparsity * n); the cosine schedule is torch's CosineAnnealingLR (the official one is shifted by one
+epoch); scores are attached by torch.nn.utils.parametrize for the phase only, so the model keeps its class and
+its conv/linear weights and biases come back untouched (the prune script zeroes the pruned ones).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, prunable_weights, register_method
+from advprune.training import OBJECTIVES, TrainSettings
+from advprune.training.losses import Objective
+
+SCORE_INITS = ("scaled", "kaiming_uniform", "kaiming_normal")
+
+
+@register_method("hydra")
+class Hydra(PruningMethod):
+    def __init__(self, objective: str | None = None, trades_beta: float | None = None, epochs: int = 20, lr: float = 0.1, momentum: float = 0.9,
+                 weight_decay: float = 1e-4, batch_size: int = 128, schedule: str = "cosine", score_init: str = "scaled", freeze_bn: bool = False):
+        if objective is not None and objective not in OBJECTIVES:
+            raise ValueError(f"hydra: objective must be null or one of {', '.join(OBJECTIVES)}, not {objective!r}")
+        if trades_beta is not None and not trades_beta >= 0:
+            raise ValueError(f"hydra: trades_beta must be null or >= 0, not {trades_beta!r}")
+        if not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"hydra: epochs must be an integer >= 0 (0 = the initial scores' mask), not {epochs!r}")
+        if not lr > 0 or not (isinstance(batch_size, int) and batch_size >= 1) or not 0 <= momentum <= 1 or not weight_decay >= 0:
+            raise ValueError(f"hydra: need lr > 0, batch_size >= 1, 0 <= momentum <= 1, weight_decay >= 0; "
+                             f"got {lr}, {batch_size}, {momentum}, {weight_decay}")
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(f"hydra: schedule must be 'cosine' or 'constant', not {schedule!r}")
+        if score_init not in SCORE_INITS:
+            raise ValueError(f"hydra: score_init must be one of {', '.join(SCORE_INITS)}, not {score_init!r}")
+        if not isinstance(freeze_bn, bool):
+            raise ValueError(f"hydra: freeze_bn must be true or false, not {freeze_bn!r}")
+        self.objective, self.trades_beta, self.score_init, self.freeze_bn = objective, trades_beta, score_init, freeze_bn
+        self.settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule)
+
+    def initial_scores(self, weights: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        scores = {}
+        for name, w in weights.items():
+            w = w.detach()
+            if self.score_init == "scaled":
+                fan_in = w[0].numel()  # in_features, or in_channels/groups * kernel area
+                scores[name] = math.sqrt(6 / fan_in) * w / w.abs().max()
+            else:
+                s = torch.empty(w.shape, dtype=w.dtype)
+                init = nn.init.kaiming_uniform_ if self.score_init == "kaiming_uniform" else nn.init.kaiming_normal_
+                scores[name] = init(s, generator=generator).to(w.device)
+        return scores
+
+    def prune(self, model, sparsity, context):
+        weights = prunable_weights(model, context.include_first_last)
+        initial = self.initial_scores(weights, context.seed)
+        with _score_phase(model, initial, sparsity, self.freeze_bn) as scores:
+            objective = _TrackMaskChanges(context.build_objective(self.objective, trades_beta=self.trades_beta), scores, sparsity)
+            curve = context.fit(model, objective, self.settings, phase="scores")
+            masks = objective.masks()
+        info = {"objective": objective.name, "score_init": self.score_init, "mask_changed": objective.changed(masks), "curves": {"scores": curve}}
+        return PruneResult(masks=masks, info=info)
+
+
+class _TopK(torch.autograd.Function):
+    """The kept set of |s| as a 0/1 tensor; the backward hands the gradient straight to |s| (GetSubnet)."""
+
+    @staticmethod
+    def forward(ctx, magnitudes, sparsity):
+        return masks_from_scores({"s": magnitudes}, sparsity)["s"].to(magnitudes.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _ScoreMask(nn.Module):
+    """Parametrization weight -> weight * M(scores) of one layer; the scores are its only parameter."""
+
+    def __init__(self, scores: torch.Tensor, sparsity: float):
+        super().__init__()
+        self.scores = nn.Parameter(scores.clone())
+        self.sparsity = sparsity
+
+    def forward(self, weight):
+        return weight * _TopK.apply(self.scores.abs(), self.sparsity)
+
+
+@contextmanager
+def _score_phase(model: nn.Module, initial: dict[str, torch.Tensor], sparsity: float, freeze_bn: bool):
+    """Attach a score per weight, freeze every other parameter but BatchNorm's (all with `freeze_bn`); yields
+    name -> score parameter. Afterwards the model has its plain layers, original weight tensors and
+    requires_grad flags back, whatever happened inside."""
+    modules = dict(model.named_modules())
+    trainable = {p: p.requires_grad for p in model.parameters()}
+    for m in model.modules():
+        train_affine = isinstance(m, nn.modules.batchnorm._BatchNorm) and not freeze_bn
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(train_affine)
+    attached = []
+    try:
+        scores = {}
+        for name, s in initial.items():
+            module = modules[name.removesuffix(".weight")]
+            parametrize.register_parametrization(module, "weight", _ScoreMask(s, sparsity))
+            attached.append(module)
+            scores[name] = module.parametrizations.weight[0].scores
+        yield scores
+    finally:
+        for module in attached:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        for p, flag in trainable.items():
+            p.requires_grad_(flag)
+
+
+class _TrackMaskChanges(Objective):
+    """The chosen objective, plus a curve column: the fraction of prunable weights whose mask differs from
+    the initial scores' mask (for 'scaled', from LWM's) after each epoch."""
+
+    def __init__(self, base: Objective, scores: dict[str, torch.Tensor], sparsity: float):
+        self.base, self.scores, self.sparsity = base, scores, sparsity
+        self.name, self.adversarial = base.name, base.adversarial
+        self.initial = self.masks()
+
+    def __call__(self, model, x, y):
+        return self.base(model, x, y)
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        return masks_from_scores({name: s.detach().abs() for name, s in self.scores.items()}, self.sparsity)
+
+    def changed(self, masks: dict[str, torch.Tensor]) -> float:
+        flipped = sum(int((masks[name] != m).sum()) for name, m in self.initial.items())
+        return flipped / max(sum(m.numel() for m in self.initial.values()), 1)
+
+    def epoch_end(self, model, epoch):
+        return {**self.base.epoch_end(model, epoch), "mask_changed": self.changed(self.masks())}
+
+    def state_dict(self):
+        return self.base.state_dict()
+
+    def load_state_dict(self, state):
+        self.base.load_state_dict(state)
