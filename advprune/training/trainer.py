@@ -34,7 +34,8 @@ class TrainSettings:
     lr: float
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine"  # cosine | constant | cyclic_step
+    cycle: int = 3  # cyclic_step: lr restarts every `cycle` epochs and drops x0.1 every cycle/3 epochs (PwoA's ADMM phase)
 
 
 def _fingerprint(settings: TrainSettings, extra: dict) -> str:
@@ -97,6 +98,8 @@ def train(
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.epochs, 1))
     elif settings.schedule == "constant":
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    elif settings.schedule == "cyclic_step":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.1 ** ((epoch % settings.cycle) // max(settings.cycle // 3, 1)))
     else:
         raise ValueError(f"unknown schedule {settings.schedule!r}")
     fingerprint = _fingerprint(settings, {"seed": seed, "objective": objective.name, **(fingerprint_extra or {})})

@@ -1,0 +1,196 @@
+import collections
+import functools
+import inspect
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchattacks
+import yaml
+from conftest import REPO
+
+from advprune.attacks.pgd import PGD
+from advprune.data import load_split
+from advprune.models import build_model
+from advprune.pruning import PruneContext, build_method, layer_sparsity, prunable_weights
+from advprune.pruning.pwoa import ADMM, PwoA, PwoALoss, _collect, centered_kernel, hidden_taps, normalized_hsic
+
+PRETRAIN = {"objective": "pgd_at", "attack": {"steps": 2, "step_size": 0.05, "random_start": True}, "trades_beta": 6.0, "mart_beta": 5.0}
+FAST = {"admm_epochs": 2, "retrain_epochs": 1, "rho_every": 1, "batch_size": 64}
+TERMS = ("loss_distill", "loss_hsic_x", "loss_hsic_y", "loss_ce", "adv_batches")
+
+
+def _model():
+    torch.manual_seed(0)
+    return build_model("small_cnn", 10, 1, (8, 8), width=4)
+
+
+def _context(digits_dir, **kwargs):
+    return PruneContext(train=load_split(digits_dir, "train", n=256), val=load_split(digits_dir, "val", n=64),
+                        threat_model={"norm": "Linf", "eps": 0.1}, objective=PRETRAIN, seed=3, **kwargs)
+
+
+@pytest.fixture
+def attack_calls(monkeypatch):
+    """Counts every call into an attack (our PGD, every torchattacks attack) while the real method runs."""
+    calls = collections.Counter()
+
+    def count(cls, name):
+        real = getattr(cls, name)
+
+        @functools.wraps(real)
+        def counted(*args, **kwargs):
+            calls[f"{cls.__name__}.{name}"] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(cls, name, counted)
+
+    count(PGD, "perturb")
+    count(PGD, "__call__")
+    count(torchattacks.attack.Attack, "__call__")
+    for obj in vars(torchattacks).values():
+        if isinstance(obj, type) and issubclass(obj, torchattacks.attack.Attack) and "forward" in vars(obj):
+            count(obj, "forward")
+    return calls
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+def test_pwoa_reaches_the_target_sparsity_and_reports_its_loss_terms(digits_dir, sparsity, attack_calls):
+    model = _model()
+    result = build_method("pwoa", **FAST).prune(model, sparsity, _context(digits_dir))
+
+    assert set(result.masks) == set(prunable_weights(model))
+    assert all(int((~m).sum()) == round(sparsity * m.numel()) for m in result.masks.values())
+    # the retrained weights left in the model are already pruned: no apply_masks needed
+    rows = layer_sparsity(model)
+    assert abs(sum(r["sparsity"] * r["n_params"] for r in rows) / sum(r["n_params"] for r in rows) - sparsity) < 0.005
+
+    curves = result.info["curves"]
+    assert [len(curves["admm"]), len(curves["retrain"])] == [2, 1]
+    for phase, extra in (("admm", ("loss_admm", "rho", "prune_gap")), ("retrain", ())):
+        for row in curves[phase]:
+            assert all(math.isfinite(row[k]) for k in (*TERMS, *extra)), row
+            assert row["loss_hsic_x"] > 0 and row["loss_hsic_y"] > 0 and row["adv_batches"] == 0
+            assert math.isnan(row["val_robust_acc"])  # no robust validation without an attack
+    assert "loss_admm" not in curves["retrain"][0]
+    assert [row["rho"] for row in curves["admm"]] == pytest.approx([0.01, 0.0135])
+    assert result.info["rho_final"] == pytest.approx(0.01 * 1.35**2)
+    assert sum(attack_calls.values()) == 0, attack_calls
+
+
+def test_pure_pwoa_never_attacks_and_mixing_does(digits_dir, attack_calls):
+    build_method("pwoa", **FAST).prune(_model(), 0.75, _context(digits_dir))
+    assert sum(attack_calls.values()) == 0, attack_calls
+
+    result = build_method("pwoa", **{**FAST, "mix_ratio": 0.5}).prune(_model(), 0.75, _context(digits_dir))
+    assert attack_calls["PGD.perturb"] > 0  # the counter sees attacks when there are some
+    fractions = [row["adv_batches"] for rows in result.info["curves"].values() for row in rows]
+    assert 0 < sum(fractions) / len(fractions) < 1
+    assert all(0 <= row["val_robust_acc"] <= 1 for rows in result.info["curves"].values() for row in rows)
+
+
+def test_same_seed_same_masks_and_weights(digits_dir):
+    runs = []
+    for _ in range(2):
+        model = _model()
+        result = build_method("pwoa", **FAST).prune(model, 0.9, _context(digits_dir))
+        runs.append((result.masks, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+    (masks_a, weights_a), (masks_b, weights_b) = runs
+    assert all(torch.equal(masks_a[k], masks_b[k]) for k in masks_a)
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_resumed_run_matches_an_uninterrupted_one(digits_dir, tmp_path, monkeypatch):
+    options = {**FAST, "admm_epochs": 3, "mix_ratio": 0.5}  # the mixing generator and Z/U/rho must all resume
+    straight = _model()
+    expected = build_method("pwoa", **options).prune(straight, 0.75, _context(digits_dir, resume_prefix=str(tmp_path / "a")))
+
+    real_epoch_end, calls = PwoALoss.epoch_end, []
+
+    def killed_in_second_epoch(self, model, epoch):
+        calls.append(epoch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # after the state of the first epoch was written
+        return real_epoch_end(self, model, epoch)
+
+    monkeypatch.setattr(PwoALoss, "epoch_end", killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        build_method("pwoa", **options).prune(_model(), 0.75, _context(digits_dir, resume_prefix=str(tmp_path / "b")))
+    monkeypatch.setattr(PwoALoss, "epoch_end", real_epoch_end)
+    resumed = _model()
+    result = build_method("pwoa", **options).prune(resumed, 0.75, _context(digits_dir, resume_prefix=str(tmp_path / "b")))
+
+    assert all(torch.equal(expected.masks[k], result.masks[k]) for k in expected.masks)
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+    assert result.info["curves"]["admm"][-1]["rho"] == expected.info["curves"]["admm"][-1]["rho"]
+
+
+def test_admm_updates_z_u_and_rho_as_the_official_code():
+    w = torch.nn.Parameter(torch.tensor([0.5, -2.0, 0.1, 3.0]))
+    admm = ADMM({"w": w}, 0.5, rho=0.01, rho_factor=1.35, rho_max=0.0136, every=2, reset_z_each_epoch=True)
+    assert admm.z["w"].tolist() == [0.0, -2.0, 0.0, 3.0] and admm.u["w"].tolist() == [0, 0, 0, 0]
+    assert float(admm.penalty().detach()) == pytest.approx(0.5 * 0.01 * (0.5**2 + 0.1**2))
+
+    with torch.no_grad():
+        w.copy_(torch.tensor([1.0, -2.0, 0.2, 0.4]))
+    admm.epoch_end(0)  # not an update epoch: Z <- Proj(W), U kept
+    assert admm.z["w"].tolist() == pytest.approx([1.0, -2.0, 0.0, 0.0]) and admm.rho == 0.01
+    admm.u["w"] = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    admm.epoch_end(1)  # update: rho grows, Z <- Proj(W + U), U <- U + W - Z
+    assert admm.rho == pytest.approx(0.0135)
+    assert admm.z["w"].tolist() == pytest.approx([0.0, -2.0, 1.2, 0.0])  # W + U = [1, -2, 1.2, 0.4]: U moved the kept set
+    assert admm.u["w"].tolist() == pytest.approx([1.0, 0.0, 0.0, 0.4])
+    admm.epoch_end(3)
+    assert admm.rho == 0.0136  # capped at rho_max
+
+
+def test_normalized_hsic():
+    torch.manual_seed(0)
+    m, c = 200, 10
+    y = torch.arange(m) % c
+    labels = F.one_hot(y, c).float()
+    # identical one-hot labels: R is (almost) the projector on the c - 1 centred class directions
+    assert float(normalized_hsic(labels, labels, "linear", "linear")) == pytest.approx(c - 1, abs=0.01)
+    # features that are a function of the label carry all of it, independent ones next to nothing
+    dependent = torch.randn(c, 16)[y]
+    independent = torch.randn(m, 2)
+    full = float(normalized_hsic(dependent, labels, "gaussian", "linear"))
+    assert full == pytest.approx(c - 1, rel=0.02)
+    unrelated = float(normalized_hsic(independent, labels, "gaussian", "linear"))
+    assert unrelated < 0.1 * full
+    assert unrelated == pytest.approx(float(normalized_hsic(labels, independent, "linear", "gaussian")))  # tr(R_A R_B) is symmetric
+
+    # nHSIC(X, X) = sum l^2 / (l + eps m)^2 over the eigenvalues l of H K H, K built independently
+    x = torch.rand(64, 30, dtype=torch.float64)
+    k = torch.exp(-torch.cdist(x, x) ** 2 / (2 * 5.0**2 * 30))
+    h = torch.eye(64, dtype=torch.float64) - 1 / 64
+    lam = torch.linalg.eigvalsh(h @ k @ h).clamp_min(0)
+    assert float(normalized_hsic(x, x)) == pytest.approx(float((lam**2 / (lam + 1e-5 * 64) ** 2).sum()), rel=1e-6)
+    assert torch.allclose(centered_kernel(x), k @ h)
+
+
+@pytest.mark.parametrize("arch, expected", [("small_cnn", 4), ("resnet18", 10), ("wrn_28_4", 14), ("vgg16_bn", 15)])
+def test_hidden_taps(arch, expected):
+    torch.manual_seed(0)
+    model = build_model(arch, 10, 1, (8, 8), width=4).train()
+    with _collect(hidden_taps(model)) as hiddens:
+        logits = model(torch.rand(5, 1, 8, 8))
+    assert len(hiddens) == expected
+    assert all(h.shape[0] == 5 and h is not logits for h in hiddens)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert hiddens[-1].flatten(1).shape[1] == last.in_features  # the penultimate features close the list
+    if arch == "resnet18":  # the stem output opens it, as in the official ResNet
+        assert [n for n, _, _ in hidden_taps(model)][:2] == ["layer1.0", "layer1.0"] and hiddens[0].shape == (5, 4, 8, 8)
+    with torch.no_grad():  # hooks are gone after the block
+        model(torch.rand(2, 1, 8, 8))
+    assert len(hiddens) == expected
+
+
+def test_options_are_validated_and_match_the_schema():
+    schema = yaml.safe_load((REPO / "workflow/schemas/methods/pwoa.schema.yaml").read_text())["properties"]
+    defaults = {name: p.default for name, p in inspect.signature(PwoA.__init__).parameters.items() if name != "self"}
+    assert {k: v["default"] for k, v in schema.items() if k != "method"} == defaults
+    for bad in ({"mix_ratio": 1.5}, {"rho_every": 0}, {"temperature": 0}, {"admm_hsic": "yes"}, {"rho_max": 0.001}, {"batch_size": 1}):
+        with pytest.raises(ValueError, match="pwoa: " + next(iter(bad))):
+            build_method("pwoa", **bad)
