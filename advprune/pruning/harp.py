@@ -1,0 +1,502 @@
+"""HARP (Zhao & Wressnegger, ICLR 2023, "Holistic Adversarially Robust Pruning").
+
+HYDRA's score-based pruning with a learned compression rate per layer. Every prunable unit l (a layer's
+weights, or with `granularity: channel` a channel group) has importance scores S_l and a rate logit q_l:
+
+    r_l = r_min + (1 - r_min) * sigmoid(q_l),   r_min = r_min_factor * a_t   (a_t = 1 - sparsity, target density)
+    M_l = 1 for the ceil(r_l * N_l) largest |S_l| (as the official GetSubnet: N_l - int((1 - r_l) * N_l)), else 0
+
+The network computes with W_l * M_l. Straight-through backward: dL/dS_l = dL/dM_l (through |.|) and
+dL/dr_l = sum(dL/dM_l), which reaches q_l through the sigmoid. Compression loss
+L_hw = max(0, c / a_t - 1), c = sum_l r_l N_l / sum_l N_l (the kept fraction of the prunable weights, from the
+continuous rates). Objective: L_adv + gamma_t * L_hw, gamma_t = (t + 1) * gamma0 in epoch t (0-based), frozen at
+its value of the first epoch after which round(L_hw, 4) == 0.
+
+Channel variant (`granularity: channel`, advprune.pruning._structured): one score per channel and one rate per
+channel group (coupled output channels, residual streams included). A group's mask multiplies the *input*
+channels of every Conv2d/Linear that reads the group (the weights' input slices, so the BatchNorm-folded attack
+view sees it too); the masked network then computes exactly what the network without those channels computes.
+c is the kept fraction of the multiply-accumulates (`channel_budget: flops`, official hw_flops_loss) or of the
+weights (`params`) of all Conv2d/Linear layers: a layer keeps r_out * (fraction of its input features kept);
+`sparsity` is the fraction of that measure removed. The result is the physically smaller network
+(remove_channels).
+
+Following the official code (intellisec/harp: models/layers.py SubnetConv/GetSubnet, utils/utils.py
+rate_act_func/rate_init_func, utils/hw.py hw_loss/hw_flops_loss, utils/model.py prepare_model/
+initialize_scaled_score/initialize_stg_rate, train.py, trainer/adv.py, args.py, configs/):
+  - conv/linear weights and biases frozen; scores, rate logits and BatchNorm affine parameters trained
+    (official `--freeze-bn` default off); one SGD over all of them, lr 0.1, momentum 0.9, weight decay 5e-4 on
+    every group (the rate logits too, as officially), cosine schedule, batch 128, 20 epochs; gamma0 0.01;
+    r_min factor (`--alpha`) 0.1; `lr_rates` (null = lr) can give the rates their own learning rate;
+  - scores: HYDRA's scaled init sqrt(6 / fan_in) * W / max|W| (the initial mask is layer-wise LWM at r_l);
+  - rates start from `rate_init` at `init_density` (official strategies `010_uni`, `010_erk`, `010_lamp`:
+    uniform / ERK / LAMP at density 0.1 for weights, `original` = 1.0 for channels), as
+    q = logit(clip((r - r_min) / (1 - r_min), 0.01, 0.99)) (rate_init_func);
+  - objective: `adv_loss` (the README's pgd = PGD-AT; trades, mart, nat); here null = the pretraining objective;
+  - gamma and its freezing per epoch exactly as train.py (the loss is evaluated after each epoch).
+Deviations, each documented:
+  - checkpoint selection: officially the best PGD-10 *test* accuracy among the epochs from the first one that met
+    the target on (sticky `reach_hw`); here the same rule on the validation split (val robust accuracy, clean
+    accuracy for the natural objective). Epochs before the target rank below, ordered by -L_hw, so a run that
+    never meets it keeps its closest epoch (officially no best checkpoint would be written at all). The
+    selection runs through the loop's `keep_best` on the `selection_score` column, which needs the validation
+    accuracy inside `epoch_end`; the phase therefore validates there (the loop's own robust validation is off)
+    and the curve's `val_robust_acc` is that measurement.
+  - the final mask meets the target: officially the learned rates are used as they are, so the result may end
+    a little denser than a_t (L_hw is one-sided, the round(., 4) test tolerates 5e-5 relative, and per-layer
+    counts round up) or sparser (rates that overshoot are not pulled back). Here the selected rates are scaled
+    by one common factor so that every method of the pipeline is compared at its nominal sparsity:
+    unstructured, kept counts proportional to r_l N_l with exactly N - round(sparsity * N) weights kept
+    (largest remainders, at least one weight per layer, at most N_l); channel, the largest factor whose channel
+    counts meet the budget (bisection), then single channels given back while it holds, so the budget is met
+    from the sparse side as closely as channel granularity allows. info["corrected"] says whether the counts
+    differ from the learned ones; info["learned_rates"] and ["learned_density"] keep what was learned.
+  - rates start at max(init_density, a_t): starting below the target would meet L_hw = 0 at once and freeze
+    gamma at gamma0 before any compression pressure (the official strategies, at 0.1, only met targets <= 0.1).
+  - channel: the official code masks each layer's input channels with its own scores and ties shortcut rates
+    to the block's first conv (map_shortcut_rate), with feature-map sizes hard-coded for VGG16/ResNet-18; here
+    each coupled channel group has one mask and one rate, scored at the start by the L1 norm of its filters
+    (channel_importance 'l1') scaled as HYDRA's init, and costs are measured by a forward pass (any model).
+    Officially `--k` is the kept channel fraction and the FLOPs target is the FLOPs of keeping round(k * C)
+    channels in every layer (about k^2), counted with bias and activation terms; here `sparsity` is the
+    fraction of the multiply-accumulates (structured_cost) removed, a_t = 1 - sparsity is that target and
+    r_min = r_min_factor * a_t. `init_density` is a kept channel fraction.
+  - masks count pruned entries in float64 (officially float32 of the rate); ties broken by index.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from advprune.attacks.pgd import PGD
+from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, prunable_weights, register_method
+from advprune.pruning._structured import _layer_costs, channel_groups, channel_importance, remove_channels, structured_cost
+from advprune.training import OBJECTIVES, TrainSettings
+from advprune.training.losses import Objective
+from advprune.training.trainer import accuracy, robust_accuracy
+
+GRANULARITIES = ("unstructured", "channel")
+RATE_INITS = ("uniform", "erk", "lamp")
+CHANNEL_BUDGETS = ("flops", "params")
+PHASE = "harp"
+
+log = logging.getLogger(__name__)
+
+
+@register_method("harp")
+class Harp(PruningMethod):
+    def __init__(self, granularity: str = "unstructured", objective: str | None = None, trades_beta: float | None = None,
+                 mart_beta: float | None = None, gamma0: float = 0.01, r_min_factor: float = 0.1, rate_init: str = "uniform",
+                 init_density: float | None = None, channel_budget: str = "flops", epochs: int = 20, batch_size: int = 128, lr: float = 0.1,
+                 lr_rates: float | None = None, momentum: float = 0.9, weight_decay: float = 5e-4, schedule: str = "cosine", freeze_bn: bool = False):
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"harp: granularity must be one of {', '.join(GRANULARITIES)}, not {granularity!r}")
+        if objective is not None and objective not in OBJECTIVES:
+            raise ValueError(f"harp: objective must be null or one of {', '.join(OBJECTIVES)}, not {objective!r}")
+        for key, beta in (("trades_beta", trades_beta), ("mart_beta", mart_beta)):
+            if beta is not None and not beta >= 0:
+                raise ValueError(f"harp: {key} must be null or >= 0, not {beta!r}")
+        if not gamma0 > 0:
+            raise ValueError(f"harp: gamma0 must be > 0, not {gamma0!r}")
+        if not 0 <= r_min_factor < 1:
+            raise ValueError(f"harp: r_min_factor must be in [0, 1), not {r_min_factor!r}")
+        if rate_init not in RATE_INITS:
+            raise ValueError(f"harp: rate_init must be one of {', '.join(RATE_INITS)}, not {rate_init!r}")
+        if granularity == "channel" and rate_init != "uniform":
+            raise ValueError(f"harp: channel granularity starts from uniform rates only (the official 'original'), not {rate_init!r}")
+        if init_density is not None and not 0 < init_density <= 1:
+            raise ValueError(f"harp: init_density must be null or in (0, 1], not {init_density!r}")
+        if channel_budget not in CHANNEL_BUDGETS:
+            raise ValueError(f"harp: channel_budget must be one of {', '.join(CHANNEL_BUDGETS)}, not {channel_budget!r}")
+        if not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"harp: epochs must be an integer >= 0 (0 = the initial strategy), not {epochs!r}")
+        if not lr > 0 or (lr_rates is not None and not lr_rates > 0) or not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"harp: need lr > 0, lr_rates null or > 0, batch_size >= 1; got {lr}, {lr_rates}, {batch_size}")
+        if not 0 <= momentum <= 1 or not weight_decay >= 0:
+            raise ValueError(f"harp: need 0 <= momentum <= 1 and weight_decay >= 0; got {momentum}, {weight_decay}")
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(f"harp: schedule must be 'cosine' or 'constant', not {schedule!r}")
+        if not isinstance(freeze_bn, bool):
+            raise ValueError(f"harp: freeze_bn must be true or false, not {freeze_bn!r}")
+        self.granularity, self.objective, self.trades_beta, self.mart_beta = granularity, objective, trades_beta, mart_beta
+        self.gamma0, self.r_min_factor, self.rate_init, self.channel_budget = gamma0, r_min_factor, rate_init, channel_budget
+        self.init_density = init_density if init_density is not None else (0.1 if granularity == "unstructured" else 1.0)
+        self.lr, self.lr_rates, self.freeze_bn = lr, lr_rates if lr_rates is not None else lr, freeze_bn
+        self.settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule)
+        self.structured = granularity == "channel"
+
+    def prune(self, model, sparsity, context):
+        if not 0 < sparsity < 1:
+            raise ValueError(f"harp: sparsity must be in (0, 1), not {sparsity!r}")
+        target = 1.0 - sparsity
+        r_min = self.r_min_factor * target
+        if self.structured:
+            example = next(context.train.batches(2))[0]
+            units = _ChannelUnits(model, example, context.include_first_last, self.channel_budget)
+        else:
+            units = _WeightUnits(model, context.include_first_last)
+        initial = _initial_rates(units, self.rate_init, max(self.init_density, target), model, context.include_first_last)
+        with _harp_phase(model, units, initial, r_min, self.freeze_bn) as params:
+            base = context.build_objective(self.objective, trades_beta=self.trades_beta, mart_beta=self.mart_beta)
+            attack = context.objective["attack"]
+            val_attack = PGD(context.threat_model["eps"], attack["step_size"], attack["steps"])
+            objective = HarpObjective(base, units, params, target, self.gamma0, context.val, val_attack)
+            groups = [{"params": list(params.scores.values()), "lr": self.lr}, {"params": list(params.logits.values()), "lr": self.lr_rates}]
+            if params.batchnorm:
+                groups.append({"params": params.batchnorm, "lr": self.lr})
+            curve = context.fit(model, objective, self.settings, phase=PHASE, validate_robust=False, param_groups=groups, keep_best="selection_score")
+            with torch.no_grad():
+                learned = {name: float(r) for name, r in params.rates().items()}
+                learned_density = float(units.density(params.rates()))
+                magnitudes = {name: s.detach().abs() for name, s in params.scores.items()}
+        for row in curve:
+            row["val_robust_acc"] = row.pop("harp_val_robust_acc")
+        counts, corrected = units.final_counts(learned, target)
+        selected = max(range(len(curve)), key=lambda i: curve[i]["selection_score"], default=None)  # first maximum, as keep_best
+        info = {
+            "objective": base.name, "granularity": self.granularity, "target_density": target, "r_min": r_min,
+            "initial_rates": {name: float(r) for name, r in initial.items()}, "learned_rates": learned, "learned_density": learned_density,
+            "rates": {name: counts[name] / units.sizes[name] for name in units.names}, "corrected": corrected,
+            "selected_epoch": None if selected is None else curve[selected]["epoch"],
+            "target_reached": bool(selected is not None and curve[selected]["target_reached"]),
+            "gamma_frozen": objective.frozen_gamma, "curves": {PHASE: curve},
+        }
+        keep = {name: _keep_largest(magnitudes[name], counts[name]) for name in units.names}
+        if not self.structured:
+            return PruneResult(masks=keep, info=info)
+        small = remove_channels(model, units.example, keep)
+        dense_cost, pruned_cost = structured_cost(model, units.example), structured_cost(small, units.example)
+        achieved = 1 - pruned_cost[self.channel_budget] / dense_cost[self.channel_budget]
+        info.update(kept_channels=counts, cost={"measure": self.channel_budget, "dense": dense_cost, "pruned": pruned_cost}, cost_sparsity=achieved)
+        if achieved < sparsity:
+            log.warning("harp: even one channel per group removes only %.4f of the %s (target %.4f)", achieved, self.channel_budget, sparsity)
+        return PruneResult(model=small, info=info)
+
+
+# ---- rates, masks, straight-through estimator ------------------------------------------------------------
+
+
+def rate_from_logit(logit: torch.Tensor, r_min: float) -> torch.Tensor:
+    """Official rate_act_func: r = r_min + (1 - r_min) * sigmoid(q)."""
+    return r_min + (1 - r_min) * torch.sigmoid(logit)
+
+
+def logit_for_rate(rate: float, r_min: float) -> float:
+    """Official rate_init_func: q with rate_from_logit(q) = rate, the sigmoid's argument clipped to [0.01, 0.99]
+    (officially only from above; below r_min the official logit is NaN, here it starts at the floor)."""
+    u = min(max((rate - r_min) / (1 - r_min), 0.01), 0.99)
+    return math.log(u / (1 - u))
+
+
+def _n_pruned(rate: torch.Tensor, n: int) -> torch.Tensor:
+    """int((1 - r) * n) as GetSubnet, at most n - 1; a tensor, so no host sync per forward."""
+    return ((1 - rate.detach().double()) * n).floor().clamp(0, n - 1)
+
+
+class _TopKMask(torch.autograd.Function):
+    """0/1 mask keeping all but int((1 - r) * n) entries of `magnitudes` (smallest pruned, ties by index); the
+    backward is the official GetSubnet's: the gradient straight to the magnitudes, its sum to the rate."""
+
+    @staticmethod
+    def forward(ctx, magnitudes, rate):
+        flat = magnitudes.flatten()
+        rank = torch.empty_like(flat, dtype=torch.long)
+        rank[torch.argsort(flat, stable=True)] = torch.arange(flat.numel(), device=flat.device)
+        return (rank >= _n_pruned(rate, flat.numel())).to(magnitudes.dtype).view_as(magnitudes)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad.sum()
+
+
+def _keep_largest(magnitudes: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Bool mask of the n_keep largest entries, the same ranking as _TopKMask."""
+    keep = torch.ones(magnitudes.numel(), dtype=torch.bool, device=magnitudes.device)
+    keep[torch.argsort(magnitudes.flatten(), stable=True)[: magnitudes.numel() - n_keep]] = False
+    return keep.view_as(magnitudes)
+
+
+class _WeightMask(nn.Module):
+    """Parametrization weight -> weight * M(|S|, r) of one layer."""
+
+    def __init__(self, scores: nn.Parameter, logit: nn.Parameter, r_min: float):
+        super().__init__()
+        self.scores, self.logit, self.r_min = scores, logit, r_min
+
+    def forward(self, weight):
+        return weight * _TopKMask.apply(self.scores.abs(), rate_from_logit(self.logit, self.r_min))
+
+
+class _InputChannelMask(nn.Module):
+    """Parametrization weight -> weight with the input channels of one group masked (conv: dim 1; linear after
+    a flatten: each channel's `repeat` consecutive features). The group's score and logit are shared by every
+    layer that reads it, so their gradients add up over the readers."""
+
+    def __init__(self, scores: nn.Parameter, logit: nn.Parameter, r_min: float, repeat: int):
+        super().__init__()
+        self.scores, self.logit, self.r_min, self.repeat = scores, logit, r_min, repeat
+
+    def forward(self, weight):
+        mask = _TopKMask.apply(self.scores.abs(), rate_from_logit(self.logit, self.r_min))
+        if self.repeat > 1:
+            mask = mask.repeat_interleave(self.repeat)
+        return weight * mask.view(1, -1, *([1] * (weight.dim() - 2)))
+
+
+# ---- the units rates are learned for: layers (unstructured) or channel groups ----------------------------
+
+
+class _WeightUnits:
+    """One unit per prunable weight tensor; c = sum r_l N_l / sum N_l."""
+
+    def __init__(self, model: nn.Module, include_first_last: bool):
+        self.weights = prunable_weights(model, include_first_last)
+        self.names = list(self.weights)
+        self.sizes = {name: w.numel() for name, w in self.weights.items()}
+        self.total = sum(self.sizes.values())
+
+    def initial_scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {name: _scaled(w.detach(), w[0].numel()) for name, w in self.weights.items()}
+
+    def attach(self, model: nn.Module, scores: dict, logits: dict, r_min: float, attached: list[nn.Module]) -> None:
+        for name in self.names:
+            module = model.get_submodule(name.removesuffix(".weight"))
+            parametrize.register_parametrization(module, "weight", _WeightMask(scores[name], logits[name], r_min))
+            attached.append(module)
+
+    def density(self, rates: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(rates[name] * self.sizes[name] for name in self.names) / self.total
+
+    def final_counts(self, rates: dict[str, float], target: float) -> tuple[dict[str, int], bool]:
+        """Kept weights per layer: the learned counts if they keep exactly the target's number, else counts
+        proportional to r_l N_l that do (see the module docstring)."""
+        learned = {name: n - int(_n_pruned(torch.tensor(rates[name]), n)) for name, n in self.sizes.items()}
+        allowed = self.total - round((1 - target) * self.total)
+        if sum(learned.values()) == allowed:
+            return learned, False
+        counts = _proportional({name: rates[name] * n for name, n in self.sizes.items()}, allowed, self.sizes)
+        return counts, counts != learned
+
+
+class _ChannelUnits:
+    """One unit per channel group; c = the kept fraction of the `measure` (MACs or weights) of every
+    Conv2d/Linear, a layer keeping r(its output group) * (kept fraction of its input features)."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, include_first_last: bool, measure: str):
+        self.example = example
+        self.groups = {g.name: g for g in channel_groups(model, example, include_first_last)}
+        self.names = list(self.groups)
+        self.sizes = {name: g.n_channels for name, g in self.groups.items()}
+        self.costs = {name: c[measure] for name, c in _layer_costs(model, example).items()}
+        self.total = sum(self.costs.values())
+        layers = dict(model.named_modules())
+        self.in_features = {name: (m.in_channels if isinstance(m, nn.Conv2d) else m.in_features) for name, m in layers.items() if name in self.costs}
+        self.output_group = {layer: g.name for g in self.groups.values() for layer in g.outputs}
+        self.input_group: dict[str, str] = {}  # layer -> the group whose channels are all its input features
+        for g in self.groups.values():
+            for layer, n_features in g.inputs.items():
+                if layer in self.input_group or n_features != self.in_features[layer]:
+                    raise ValueError(f"harp: layer {layer!r} reads its {self.in_features[layer]} input features from more than one channel group")
+                self.input_group[layer] = g.name
+
+    def initial_scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        l1 = channel_importance(model, list(self.groups.values()), "l1")
+        device = next(model.parameters()).device
+        return {name: _scaled(l1[name].to(device), model.get_submodule(name).weight[0].numel()) for name in self.names}
+
+    def attach(self, model: nn.Module, scores: dict, logits: dict, r_min: float, attached: list[nn.Module]) -> None:
+        for layer, group in self.input_group.items():
+            module = model.get_submodule(layer)
+            repeat = self.in_features[layer] // self.sizes[group]  # features per channel (after a flatten)
+            parametrize.register_parametrization(module, "weight", _InputChannelMask(scores[group], logits[group], r_min, repeat))
+            attached.append(module)
+
+    def density(self, rates: dict) -> torch.Tensor | float:
+        kept = 0.0
+        for layer, cost in self.costs.items():
+            out = rates[self.output_group[layer]] if layer in self.output_group else 1.0
+            inp = rates[self.input_group[layer]] if layer in self.input_group else 1.0
+            kept = kept + cost * out * inp
+        return kept / self.total
+
+    def _counts(self, rates: dict[str, float], scale: float) -> dict[str, int]:
+        return {name: n - int(_n_pruned(torch.tensor(scale * rates[name]), n)) for name, n in self.sizes.items()}
+
+    def _density_of(self, counts: dict[str, int]) -> float:
+        return self.density({name: counts[name] / self.sizes[name] for name in self.names})
+
+    def final_counts(self, rates: dict[str, float], target: float) -> tuple[dict[str, int], bool]:
+        """Kept channels per group: the rates times the largest common factor whose counts meet the budget, then
+        channels given back one at a time (each to the group furthest below its learned rate) while it holds."""
+        learned = self._counts(rates, 1.0)
+        lo, hi = 0.0, 1.0 / min(rates.values())  # at hi every group is whole
+        if self._density_of(self._counts(rates, hi)) <= target:
+            lo = hi
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            if self._density_of(self._counts(rates, mid)) <= target:
+                lo = mid
+            else:
+                hi = mid
+        counts = self._counts(rates, lo)
+        while True:
+            fits = [name for name in self.names if counts[name] < self.sizes[name] and self._density_of({**counts, name: counts[name] + 1}) <= target]
+            if not fits:
+                return counts, counts != learned
+            name = min(fits, key=lambda n: counts[n] / (rates[n] * self.sizes[n]))
+            counts[name] += 1
+
+
+def _scaled(values: torch.Tensor, fan_in: int) -> torch.Tensor:
+    """HYDRA/HARP scaled score init: sqrt(6 / fan_in) * values / max|values| (Kaiming-uniform range)."""
+    return math.sqrt(6 / fan_in) * values / values.abs().max().clamp_min(torch.finfo(values.dtype).tiny)
+
+
+def _proportional(shares: dict[str, float], total: int, caps: dict[str, int]) -> dict[str, int]:
+    """Integers proportional to `shares` summing to `total`: floors (at least 1, at most the cap), then one more
+    for the largest remainders."""
+    if total < len(shares):
+        raise ValueError(f"harp: {total} kept weights cannot keep one in each of {len(shares)} layers")
+    scale = total / sum(shares.values())
+    exact = {name: s * scale for name, s in shares.items()}
+    counts = {name: min(max(math.floor(x), 1), caps[name]) for name, x in exact.items()}
+    order = sorted(exact, key=lambda name: (-(exact[name] - math.floor(exact[name])), name))
+    short = total - sum(counts.values())
+    while short > 0:
+        for name in order:
+            if short > 0 and counts[name] < caps[name]:
+                counts[name] += 1
+                short -= 1
+    while short < 0:  # floors raised to one weight: take back from the largest layers
+        name = max(counts, key=lambda n: counts[n])
+        counts[name] -= 1
+        short += 1
+    return counts
+
+
+def _initial_rates(units, strategy: str, density: float, model: nn.Module, include_first_last: bool) -> dict[str, float]:
+    """Starting density per unit: uniform, or ERK / LAMP at `density` overall (official `010_*` strategies)."""
+    if strategy == "uniform":
+        return dict.fromkeys(units.names, density)
+    weights = {name: w.detach() for name, w in prunable_weights(model, include_first_last).items()}
+    if strategy == "erk":
+        return _erk({name: tuple(w.shape) for name, w in weights.items()}, density)
+    scores = {}  # LAMP (Lee et al. 2021): w_i^2 / sum of w_j^2 over the layer's weights not smaller than w_i
+    for name, w in weights.items():
+        sorted_sq, order = w.flatten().square().sort()
+        tail = sorted_sq.flip(0).cumsum(0).flip(0)
+        s = torch.empty_like(sorted_sq)
+        s[order] = sorted_sq / tail.clamp_min(torch.finfo(tail.dtype).tiny)
+        scores[name] = s.view_as(w)
+    masks = masks_from_scores(scores, 1 - density, "global")
+    return {name: float(m.float().mean()) for name, m in masks.items()}
+
+
+def _erk(shapes: dict[str, tuple], density: float) -> dict[str, float]:
+    """Erdos-Renyi-Kernel (RigL): density_l proportional to sum(shape) / prod(shape), layers that would exceed 1
+    made dense one at a time (the largest first), the overall density equal to `density`."""
+    sizes = {name: math.prod(s) for name, s in shapes.items()}
+    raw = {name: sum(s) / math.prod(s) for name, s in shapes.items()}
+    dense: set[str] = set()
+    while True:
+        sparse = [name for name in shapes if name not in dense]
+        eps = (density * sum(sizes.values()) - sum(sizes[n] for n in dense)) / sum(raw[n] * sizes[n] for n in sparse)
+        largest = max(sparse, key=raw.__getitem__)
+        if eps * raw[largest] <= 1 or len(sparse) == 1:
+            return {name: 1.0 if name in dense else min(eps * raw[name], 1.0) for name in shapes}
+        dense.add(largest)
+
+
+# ---- the training phase ----------------------------------------------------------------------------------
+
+
+class _Params:
+    """The phase's trainable tensors: name -> score, name -> rate logit, BatchNorm affine parameters."""
+
+    def __init__(self, scores: dict, logits: dict, r_min: float, batchnorm: list):
+        self.scores, self.logits, self.r_min, self.batchnorm = scores, logits, r_min, batchnorm
+
+    def rates(self) -> dict[str, torch.Tensor]:
+        return {name: rate_from_logit(q, self.r_min) for name, q in self.logits.items()}
+
+
+@contextmanager
+def _harp_phase(model: nn.Module, units, initial: dict[str, float], r_min: float, freeze_bn: bool):
+    """Attach scores and rate logits, freeze every other parameter but BatchNorm's (all with `freeze_bn`);
+    yields the _Params. Afterwards the model has its plain layers, original weight tensors and requires_grad
+    flags back (trained BatchNorm parameters and statistics stay)."""
+    trainable = {p: p.requires_grad for p in model.parameters()}
+    batchnorm = []
+    for m in model.modules():
+        train_affine = isinstance(m, nn.modules.batchnorm._BatchNorm) and not freeze_bn
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(train_affine)
+            if train_affine:
+                batchnorm.append(p)
+    device = next(model.parameters()).device
+    scores = {name: nn.Parameter(s) for name, s in units.initial_scores(model).items()}
+    logits = {name: nn.Parameter(torch.tensor(logit_for_rate(initial[name], r_min), device=device)) for name in units.names}
+    attached: list[nn.Module] = []  # filled as it goes, so a failure half-way is undone too
+    try:
+        units.attach(model, scores, logits, r_min, attached)
+        yield _Params(scores, logits, r_min, batchnorm)
+    finally:
+        for module in attached:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        for p, flag in trainable.items():
+            p.requires_grad_(flag)
+
+
+class HarpObjective(Objective):
+    """The robust objective plus gamma_t * L_hw; after each epoch: gamma's freezing, the validation accuracy
+    and the checkpoint-selection score (see the module docstring), and curve columns for c, L_hw, gamma and
+    each unit's rate. Its state (epochs done, frozen gamma) is resumed with the loop's."""
+
+    def __init__(self, base: Objective, units, params: _Params, target: float, gamma0: float, val=None, val_attack: PGD | None = None):
+        self.base, self.units, self.params, self.target, self.gamma0 = base, units, params, target, gamma0
+        self.val, self.val_attack = val, val_attack
+        self.name, self.adversarial = base.name, base.adversarial
+        self.epochs_done, self.frozen_gamma = 0, None
+
+    @property
+    def gamma(self) -> float:
+        """gamma_t of the current epoch t = epochs_done."""
+        return self.frozen_gamma if self.frozen_gamma is not None else (self.epochs_done + 1) * self.gamma0
+
+    def hw_loss(self) -> torch.Tensor:
+        return torch.clamp(self.units.density(self.params.rates()) / self.target - 1.0, min=0.0)
+
+    def __call__(self, model, x, y):
+        loss, logits = self.base(model, x, y)
+        return loss + self.gamma * self.hw_loss(), logits
+
+    def epoch_end(self, model, epoch):
+        row = dict(self.base.epoch_end(model, epoch))
+        gamma = self.gamma
+        with torch.no_grad():
+            rates = self.params.rates()
+            density = float(self.units.density(rates))
+            hw = float(self.hw_loss())
+        if self.frozen_gamma is None and round(hw, 4) == 0:  # train.py: np.round(loss_hw, 4) == 0
+            self.frozen_gamma = gamma
+        self.epochs_done = epoch + 1
+        reached = self.frozen_gamma is not None
+        robust = robust_accuracy(model, self.val, self.val_attack) if self.val_attack is not None else float("nan")
+        metric = robust if self.adversarial else accuracy(model, self.val)
+        row.update({"density": density, "hw_loss": hw, "gamma": gamma, "target_reached": reached,
+                    "selection_score": metric if reached else -1.0 - hw, "harp_val_robust_acc": robust})
+        row.update({f"rate/{name}": float(r) for name, r in rates.items()})
+        return row
+
+    def state_dict(self):
+        return {"base": self.base.state_dict(), "epochs_done": self.epochs_done, "frozen_gamma": self.frozen_gamma}
+
+    def load_state_dict(self, state):
+        self.base.load_state_dict(state["base"])
+        self.epochs_done, self.frozen_gamma = state["epochs_done"], state["frozen_gamma"]
