@@ -15,6 +15,7 @@ include: "workflow/rules/sensitivity.smk"
 include: "workflow/rules/prune.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/studies.smk"
 include: "workflow/rules/report.smk"
 
 

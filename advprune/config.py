@@ -68,9 +68,24 @@ def validate(config: dict) -> dict:
         name = spec.get("method", key)
         if name not in method_schemas:
             raise ConfigError(f"config key 'prune.methods.{key}': unknown pruning method {name!r} (known: {', '.join(sorted(method_schemas))})")
-        _check(spec, method_schemas[name], f"prune.methods.{key}")
+        if "finetune" in spec:
+            _check(spec["finetune"], {**schema["$defs"]["finetune_override"], "$defs": schema["$defs"]}, f"prune.methods.{key}.finetune")
+        _check({k: v for k, v in spec.items() if k != "finetune"}, method_schemas[name], f"prune.methods.{key}")
         _fill_defaults(spec, method_schemas[name], method_schemas[name])
+    _check_studies(config)
     return config
+
+
+def _check_studies(config: dict) -> None:
+    """Studies name methods by their key in prune.methods."""
+    methods = config["prune"]["methods"]
+    studies = config["studies"]
+    for i, key in enumerate(studies.get("finetune", {}).get("methods", [])):
+        if key not in methods:
+            raise ConfigError(f"config key 'studies.finetune.methods[{i}]': {key!r} is not a key of prune.methods ({', '.join(methods)})")
+    key = studies.get("objectives", {}).get("method")
+    if key is not None and key not in methods:
+        raise ConfigError(f"config key 'studies.objectives.method': {key!r} is not a key of prune.methods ({', '.join(methods)})")
 
 
 def method_option_schemas() -> dict[str, dict]:
@@ -113,8 +128,8 @@ def fetch_params(config: dict, dataset: str) -> dict:
     })
 
 
-def _training(config: dict, section: str) -> dict:
-    cfg = config[section]
+def _training(config: dict, section: str, override: dict | None = None) -> dict:
+    cfg = {**config[section], **(override or {})}
     objective = cfg.get("objective") or config["pretrain"]["objective"]
     out = {k: cfg[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule")}
     out["objective"] = objective
@@ -126,8 +141,10 @@ def _training(config: dict, section: str) -> dict:
     return out
 
 
-def pretrain_params(config: dict, arch: str) -> dict:
-    return _canonical({"model": config["models"].get(arch, {}), "threat_model": config["threat_model"], "train": _training(config, "pretrain"), "device": config["device"]})
+def pretrain_params(config: dict, arch: str, objective: str | None = None) -> dict:
+    """`objective` replaces the pretraining objective (the objectives study)."""
+    train = _training(config, "pretrain", {"objective": objective} if objective else None)
+    return _canonical({"model": config["models"].get(arch, {}), "threat_model": config["threat_model"], "train": train, "device": config["device"]})
 
 
 def sensitivity_params(config: dict) -> dict:
@@ -135,23 +152,36 @@ def sensitivity_params(config: dict) -> dict:
 
 
 def method_spec(config: dict, key: str) -> dict:
-    spec = dict(config["prune"]["methods"][key])
+    """The options the method is built with (its fine-tuning override belongs to the finetune stage)."""
+    spec = {k: v for k, v in config["prune"]["methods"][key].items() if k != "finetune"}
     spec.setdefault("method", key)
     return spec
 
 
-def prune_params(config: dict, key: str) -> dict:
+def prune_params(config: dict, key: str, pretrain_objective: str | None = None) -> dict:
     return _canonical({
         "method": method_spec(config, key),
         "include_first_last": config["prune"]["include_first_last"],
         "threat_model": config["threat_model"],
-        "objective": _training(config, "pretrain"),
+        "objective": _training(config, "pretrain", {"objective": pretrain_objective} if pretrain_objective else None),
         "device": config["device"],
     })
 
 
-def finetune_params(config: dict) -> dict:
-    return _canonical({"threat_model": config["threat_model"], "train": _training(config, "finetune"), "device": config["device"]})
+FINETUNE_MODES = ("none", "natural", "adversarial")
+
+
+def finetune_params(config: dict, key: str | None = None, mode: str | None = None, objective: str | None = None) -> dict:
+    """Fine-tuning of method `key`: the finetune section, then the method's own `finetune` override; a study's
+    `mode` (none | natural | adversarial = the finetune section's objective) or `objective` replaces both."""
+    override = config["prune"]["methods"][key].get("finetune") if key else None
+    if mode is not None:
+        override = {"none": "none", "natural": {"objective": "natural"}, "adversarial": {}}[mode]
+    if objective is not None:
+        override = {"objective": objective}
+    if override == "none":
+        override = {"epochs": 0}
+    return _canonical({"threat_model": config["threat_model"], "train": _training(config, "finetune", override), "device": config["device"]})
 
 
 def evaluate_params(config: dict) -> dict:

@@ -37,16 +37,17 @@ def load_config(path: str) -> dict:
     return load(path)
 
 
-def write_csv(rows: list[dict], path: str | os.PathLike, extra: dict | None = None) -> None:
-    """Rows as CSV (atomic); `extra` columns (e.g. identifying wildcards) are prepended to every row."""
+def write_csv(rows: list[dict], path: str | os.PathLike, extra: dict | None = None, header: list[str] | None = None) -> None:
+    """Rows as CSV (atomic); `extra` columns (e.g. identifying wildcards) are prepended to every row. Columns:
+    `header` first, then any other key in order of first appearance (rows may differ, e.g. per-method curves)."""
     from advprune.checkpoint import atomic_write
 
     rows = [{**(extra or {}), **row} for row in rows]
-    fields = list(rows[0]) if rows else list(extra or {})
+    fields = list(dict.fromkeys([*(header or []), *(extra or {}), *(k for row in rows for k in row)]))
 
     def write(tmp):
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer = csv.DictWriter(fh, fieldnames=fields, restval="")
             writer.writeheader()
             writer.writerows(rows)
 

@@ -8,8 +8,10 @@ from pathlib import Path
 from advprune.entry import parser, write_csv
 from advprune.runtime import setup_logging
 
-SUMMARY_COLUMNS = ["dataset", "arch", "seed", "method", "sparsity_target", "sparsity_measured", "params_total", "params_nonzero",
-                   "flops_dense", "flops_effective", "clean_acc", "pgd_acc", "autoattack_acc", "n_examples", "norm", "eps"]
+SUMMARY_COLUMNS = ["dataset", "arch", "seed", "method", "impl", "sparsity_target", "sparsity_measured", "params_total", "params_nonzero",
+                   "flops_dense", "flops_effective", "structured", "latency_ms", "latency_dense_ms", "clean_acc", "pgd_acc", "autoattack_acc", "n_examples",
+                   "norm", "eps"]
+STUDY_COLUMNS = {"study_finetune": ["finetune_mode"], "study_objectives": ["pretrain_objective", "finetune_objective"]}
 
 
 def _read_rows(path):
@@ -30,17 +32,36 @@ def _ids(path: str) -> dict:
     return {"dataset": m["dataset"], "arch": m["arch"], "seed": int(m["seed"]), "method": m["method"] or "dense", "sparsity_target": float(m["sparsity"] or 0)}
 
 
-def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, log=None):
+def _summary_row(record: dict, extra=()) -> dict:
+    record = {**record, "norm": record["threat_model"]["norm"], "eps": record["threat_model"]["eps"]}
+    # Optional fields (dense models have no impl; older records no latency) stay empty.
+    return {k: record.get(k) for k in [*SUMMARY_COLUMNS, *extra]}
+
+
+def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, log=None, prune_infos=(), studies=None):
+    """`studies`: table name (study_finetune, study_objectives) -> [{"path": evaluation record, "labels": its
+    variant}] (a study reuses the main pipeline's records where its model is the main one)."""
     setup_logging(log)
     summary, layers = [], []
     for path in sorted(eval_jsons):
         record = json.loads(Path(path).read_text())
-        record.update(norm=record["threat_model"]["norm"], eps=record["threat_model"]["eps"])
-        summary.append({k: record[k] for k in SUMMARY_COLUMNS})
-        ids = {k: record[k] for k in ("dataset", "arch", "seed", "method", "sparsity_target")}
+        summary.append(_summary_row(record))
+        ids = {k: record.get(k) for k in ("dataset", "arch", "seed", "method", "impl", "sparsity_target")}
         layers += [{**ids, **row} for row in record["layers"]]
     write_csv(summary, out["summary"])
     write_csv(layers, out["layer_sparsity"])
+
+    for name, extra in STUDY_COLUMNS.items():
+        rows = [_summary_row({**json.loads(Path(r["path"]).read_text()), **r["labels"]}, extra) for r in (studies or {}).get(name, [])]
+        write_csv(rows, out[name], header=[*SUMMARY_COLUMNS, *extra])
+
+    prune_curves = []
+    for path in sorted(prune_infos):
+        info = json.loads(Path(path).read_text())
+        ids = {**_ids(path), "impl": info["method"]["method"]}
+        for phase, rows in info["info"].get("curves", {}).items():
+            prune_curves += [{**ids, "phase": phase, **row} for row in rows]
+    write_csv(prune_curves, out["prune_curves"], header=["dataset", "arch", "seed", "method", "sparsity_target", "impl", "phase", "epoch"])
 
     sensitivity = []
     for path in sorted(sensitivity_csvs):
@@ -62,14 +83,20 @@ def cli(argv=None):
     p.add_argument("--results", default="results", help="results directory of a finished run")
     a = p.parse_args(argv)
     r = a.results
-    out = {name: f"{r}/tables/{name}.csv" for name in ("summary", "layer_sparsity", "sensitivity", "training_curves")}
+    out = {name: f"{r}/tables/{name}.csv" for name in ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves", *STUDY_COLUMNS)}
+    # Without the workflow only the studies' own records are known (the records they share with the main grid are not).
+    studies = {"study_finetune": [{"path": p, "labels": {}} for p in glob.glob(f"{r}/studies/finetune/**/eval.json", recursive=True)],
+               "study_objectives": [{"path": p, "labels": {}} for p in [*glob.glob(f"{r}/studies/objectives/**/eval.json", recursive=True),
+                                                                        *glob.glob(f"{r}/studies/objectives/*/*/seed*/*/dense.json")]]}
     main(glob.glob(f"{r}/eval/**/*.json", recursive=True), glob.glob(f"{r}/sensitivity/**/*.csv", recursive=True),
-         glob.glob(f"{r}/pretrain/**/curve.csv", recursive=True), glob.glob(f"{r}/finetune/**/curve.csv", recursive=True), out, a.log)
+         glob.glob(f"{r}/pretrain/**/curve.csv", recursive=True), glob.glob(f"{r}/finetune/**/curve.csv", recursive=True), out, a.log,
+         glob.glob(f"{r}/prune/**/info.json", recursive=True), studies)
 
 
 if __name__ == "__main__":
     if "snakemake" in globals():
         sm = snakemake  # noqa: F821
-        main(sm.input.evals, sm.input.sensitivity, sm.input.pretrain_curves, sm.input.finetune_curves, dict(sm.output.items()), sm.log[0])
+        main(sm.input.evals, sm.input.sensitivity, sm.input.pretrain_curves, sm.input.finetune_curves, dict(sm.output.items()), sm.log[0],
+             sm.input.prune_infos, sm.params.studies)
     else:
         cli()

@@ -14,7 +14,7 @@ def main(model_path, data_dir, seed, params, out_model, out_curve, resume_path, 
     objective, settings, val_attack = from_params(params["train"], params["threat_model"]["eps"])
     curve = train(model, objective, load_split(data_dir, "train", device), load_split(data_dir, "val", device), settings, seed, resume_path, val_attack,
                   masks=masks, fingerprint_extra={"params": params, "source": ckpt["meta"], "code": code_hash}, desc="finetune")
-    write_csv(curve, out_curve)
+    write_csv(curve, out_curve, header=["epoch"])  # a header even when there are no epochs (fine-tuning mode none)
     save_model(out_model, model, ckpt["arch"], ckpt["model_options"], load_meta(data_dir), masks=ckpt["masks"],
                meta={**ckpt["meta"], "provenance": provenance(params, seed, device, code_hash), "final": curve[-1] if curve else {}})
     remove_resume_state(resume_path)
@@ -25,12 +25,14 @@ def cli(argv=None):
     p.add_argument("--dataset", required=True)
     p.add_argument("--model", required=True, help="pruned checkpoint")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default=None, help="key of prune.methods whose own fine-tuning override applies")
+    p.add_argument("--mode", default=None, choices=["none", "natural", "adversarial"], help="a fine-tuning study mode (replaces the method's)")
     add_training_outputs(p)
     a = p.parse_args(argv)
     from advprune.config import fetch_params, finetune_params
 
     config = load_config(a.config)
-    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.seed, finetune_params(config), a.out_model, a.out_curve, a.resume, a.threads, a.log)
+    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.seed, finetune_params(config, a.method, a.mode), a.out_model, a.out_curve, a.resume, a.threads, a.log)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,33 @@ from pathlib import Path
 
 import matplotlib.colors
 import matplotlib.image
+from matplotlib.container import BarContainer, ErrorbarContainer
 import numpy as np
 import pandas as pd
 import pytest
 
-from advprune.report import expected_outputs, make_report
+from advprune.report import FIGURES, TABLES, expected_outputs, make_report
 from advprune.report import figures
-from advprune.report.style import DENSE_COLOR, KNOWN_COLORS, method_color, method_colors
-from advprune.report.tables import INPUT_COLUMNS, robustness_table, tex_escape, to_latex, to_markdown
+from advprune.report.style import DENSE_COLOR, FALLBACK_COLORS, KNOWN_COLORS, method_color, method_colors
+from advprune.report.tables import (
+    BUILDERS,
+    INPUT_COLUMNS,
+    finetune_study_table,
+    latency_display,
+    latency_table,
+    objective_study_display,
+    objective_study_table,
+    read_table,
+    robustness_table,
+    tex_escape,
+    to_latex,
+    to_markdown,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("lwm", "lwm_global", "random")
+METHODS = ("lwm", "lwm_global", "random")  # unstructured: zeros in place, no speed-up
+STRUCTURED = ("l1_filter", "mrpf")  # physically smaller models with a CPU latency
+IMPL = {"lwm_global": "lwm"}  # config key -> implementation, where they differ
 SPARSITIES = (0.5, 0.9, 0.99)
 SEEDS = (0, 1)
 ARCH_LAYERS = {
@@ -30,47 +46,77 @@ ARCH_LAYERS = {
 }
 FLOPS = 1_000_000
 PARAMS = 100_000
+NEW_SUMMARY_COLUMNS = ["impl", "structured", "latency_ms", "latency_dense_ms"]
+DROP = {"dense": 0.0, "lwm": 0.2, "lwm_global": 0.15, "random": 0.6, "hydra": 0.1, "l1_filter": 0.3, "mrpf": 0.25}
 
 
 def _accuracy(method: str, sparsity: float, seed: int, arch: str) -> tuple[float, float, float]:
     """Clean / PGD / AA accuracy with a known value for small_cnn, lwm, 90 %: clean 0.80 and 0.84 over the seeds."""
-    drop = {"dense": 0.0, "lwm": 0.2, "lwm_global": 0.15, "random": 0.6, "hydra": 0.1}[method] * sparsity**3
-    clean = 0.92 - drop + 0.02 * seed - (0.05 if arch == "resnet18" else 0.0)
+    clean = 0.92 - DROP[method] * sparsity**3 + 0.02 * seed - (0.05 if arch == "resnet18" else 0.0)
     if (arch, method, sparsity) == ("small_cnn", "lwm", 0.9):
         clean = 0.80 + 0.04 * seed
     return clean, 0.6 * clean, 0.55 * clean
 
 
-def _summary(methods=METHODS) -> pd.DataFrame:
-    rows = []
-    for arch in ARCH_LAYERS:
-        for seed in SEEDS:
-            for method, sparsity in [("dense", 0.0)] + [(m, s) for m in methods for s in SPARSITIES]:
-                clean, pgd, aa = _accuracy(method, sparsity, seed, arch)
-                rows.append(dict(
-                    dataset="digits", arch=arch, seed=seed, method=method, sparsity_target=sparsity,
-                    sparsity_measured=sparsity + 0.001 * seed * (method != "dense"), params_total=PARAMS,
-                    params_nonzero=round(PARAMS * (1 - sparsity)), flops_dense=FLOPS,
-                    flops_effective=FLOPS * (1 - sparsity), clean_acc=clean, pgd_acc=pgd, autoattack_acc=aa,
-                    n_examples=500, norm="Linf", eps=0.1,
-                ))
-    return pd.DataFrame(rows, columns=INPUT_COLUMNS["summary"])
+def _latency(method: str, sparsity: float, seed: int) -> float:
+    """Dense 2 ms; a structured model 2 * (1 - s/2) ms + 0.1 ms per seed; an unstructured one runs as dense."""
+    if method == "dense":
+        return 2.0
+    return 2.0 * (1 - sparsity / 2) + 0.1 * seed if method in STRUCTURED else 2.0 + 0.05 * seed
+
+
+def _summary_row(arch, seed, method, sparsity, accuracy) -> dict:
+    clean, pgd, aa = accuracy
+    return dict(
+        dataset="digits", arch=arch, seed=seed, method=method, sparsity_target=sparsity,
+        sparsity_measured=sparsity + 0.001 * seed * (method != "dense"), params_total=PARAMS,
+        params_nonzero=round(PARAMS * (1 - sparsity)), flops_dense=FLOPS,
+        flops_effective=FLOPS * (1 - sparsity), clean_acc=clean, pgd_acc=pgd, autoattack_acc=aa,
+        n_examples=500, norm="Linf", eps=0.1,
+        # aggregate writes no impl for dense models
+        impl=None if method == "dense" else IMPL.get(method, method), structured=method in STRUCTURED,
+        latency_ms=_latency(method, sparsity, seed), latency_dense_ms=2.0,
+    )
+
+
+def _summary(methods=METHODS + STRUCTURED, new_columns=True) -> pd.DataFrame:
+    """new_columns=False: the format of aggregates older than impl, structured and latency."""
+    rows = [_summary_row(arch, seed, method, sparsity, _accuracy(method, sparsity, seed, arch))
+            for arch in ARCH_LAYERS for seed in SEEDS
+            for method, sparsity in [("dense", 0.0)] + [(m, s) for m in methods for s in SPARSITIES]]
+    return pd.DataFrame(rows, columns=INPUT_COLUMNS["summary"] + NEW_SUMMARY_COLUMNS * new_columns)
+
+
+def _harp_density(i: int, sparsity: float) -> float:
+    """HARP keeps even layers 2x denser and odd layers 2x sparser than uniform."""
+    return min((1 - sparsity) * (2.0 if i % 2 == 0 else 0.5), 1.0)
+
+
+def _mrpf_sparsity(i: int, n_layers: int, sparsity: float) -> float:
+    """MRPF prunes later (less sensitive, see _sensitivity) layers more."""
+    return min(sparsity * (0.6 + 0.8 * i / (n_layers - 1)), 0.999)
 
 
 def _layers() -> pd.DataFrame:
     rows = []
     for arch, layers in ARCH_LAYERS.items():
         for seed in SEEDS:
-            for method in METHODS:
+            for method in METHODS + ("harp", "mrpf"):
                 for sparsity in SPARSITIES:
                     for i, layer in enumerate(layers):
-                        # Global pruning spares the first and last layers, as real global magnitude pruning tends to.
-                        edge = method == "lwm_global" and i in (0, len(layers) - 1)
-                        value = sparsity * (0.3 if edge else 1 + 0.1 * (i % 3 - 1) * (1 - sparsity))
+                        if method == "harp":
+                            value = 1 - _harp_density(i, sparsity)
+                        elif method == "mrpf":
+                            value = _mrpf_sparsity(i, len(layers), sparsity)
+                        else:
+                            # Global pruning spares the first and last layers, as real global magnitude pruning tends to.
+                            edge = method == "lwm_global" and i in (0, len(layers) - 1)
+                            value = sparsity * (0.3 if edge else 1 + 0.1 * (i % 3 - 1) * (1 - sparsity))
                         rows.append(dict(dataset="digits", arch=arch, seed=seed, method=method,
                                          sparsity_target=sparsity, layer=layer, layer_index=i,
-                                         n_params=1000 * (i + 1), sparsity=min(value + 0.002 * seed, 1.0)))
-    return pd.DataFrame(rows, columns=INPUT_COLUMNS["layer_sparsity"])
+                                         n_params=1000 * (i + 1), sparsity=min(value + 0.002 * seed, 1.0),
+                                         impl=IMPL.get(method, method)))
+    return pd.DataFrame(rows, columns=INPUT_COLUMNS["layer_sparsity"] + ["impl"])
 
 
 def _sensitivity() -> pd.DataFrame:
@@ -104,10 +150,78 @@ def _curves() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=INPUT_COLUMNS["training_curves"])
 
 
+def _pwoa_terms(phase: str, epoch: int, seed: int) -> dict:
+    """PwoA's loss terms: all positive while ADMM runs; the retrain phase has no ADMM term and a negative
+    HSIC(Y, Z) term (it is maximised)."""
+    terms = dict(loss_distill=1.0 / epoch + 0.01 * seed, loss_hsic_x=0.02 / epoch, loss_hsic_y=0.003)
+    if phase == "admm":
+        terms["loss_admm"] = 10.0 / epoch**2
+    else:
+        terms["loss_hsic_y"] = -0.003
+    return terms
+
+
+def _prune_curves() -> pd.DataFrame:
+    rows = []
+    for arch in ARCH_LAYERS:
+        for seed in SEEDS:
+            for phase, epochs in (("admm", 4), ("retrain", 3)):
+                for epoch in range(1, epochs + 1):
+                    terms = _pwoa_terms(phase, epoch, seed)
+                    rows.append(dict(dataset="digits", arch=arch, seed=seed, method="pwoa", sparsity_target=0.9,
+                                     impl="pwoa", phase=phase, epoch=epoch, lr=0.01, train_loss=sum(terms.values()),
+                                     train_acc=0.5, **terms, val_clean_acc=0.8, val_robust_acc=0.4, seconds=1.0))
+            # Another method's curves, with its own columns, which the PwoA figure must leave out.
+            for epoch in range(1, 4):
+                rows.append(dict(dataset="digits", arch=arch, seed=seed, method="harp", sparsity_target=0.9,
+                                 impl="harp", phase="harp_prune", epoch=epoch, lr=0.1, train_loss=1.5, train_acc=0.5,
+                                 compression=1 + epoch, val_clean_acc=0.8, val_robust_acc=0.4, seconds=1.0))
+    return pd.DataFrame(rows)
+
+
+CRITERIA = {"hydra": 0.02, "l1_filter": -0.03, "lwm": 0.0, "mrpf": 0.01, "random": -0.05}
+MODES = {"none": (0.30, 0.05), "natural": (0.75, 0.08), "adversarial": (0.70, 0.35)}  # clean, AA
+
+
+def _study_finetune() -> pd.DataFrame:
+    """Criterion x fine-tuning mode at 90 %: the mode moves accuracy far more than the criterion."""
+    rows = []
+    for arch in ARCH_LAYERS:
+        for seed in SEEDS:
+            dense = _summary_row(arch, seed, "dense", 0.0, (0.9, 0.5, 0.45))
+            rows.append({**dense, "finetune_mode": None})
+            for criterion, offset in CRITERIA.items():
+                for mode, (clean, aa) in MODES.items():
+                    accuracy = (clean + offset + 0.02 * seed, aa + 0.5 * offset, aa + offset / 2 + 0.01 * seed)
+                    rows.append({**_summary_row(arch, seed, criterion, 0.9, accuracy), "finetune_mode": mode})
+    return pd.DataFrame(rows, columns=INPUT_COLUMNS["study_finetune"] + NEW_SUMMARY_COLUMNS)
+
+
+DENSE_BY_OBJECTIVE = {"pgd_at": (0.80, 0.40), "natural": (0.95, 0.0), "trades": (0.78, 0.42)}  # clean, AA
+PAIRS = {("pgd_at", "pgd_at"): (0.76, 0.36), ("pgd_at", "natural"): (0.72, 0.02), ("natural", "natural"): (0.93, 0.0),
+         ("natural", "pgd_at"): (0.70, 0.30), ("trades", "trades"): (0.74, 0.40)}
+
+
+def _study_objectives() -> pd.DataFrame:
+    """Sehwag et al.: dense models per pretraining objective and lwm at 90 % per pretraining -> fine-tuning pair
+    (clean + 0.02 per seed for all)."""
+    rows = []
+    for arch in ARCH_LAYERS:
+        for seed in SEEDS:
+            for objective, (clean, aa) in DENSE_BY_OBJECTIVE.items():
+                dense = _summary_row(arch, seed, "dense", 0.0, (clean + 0.02 * seed, aa, aa))
+                rows.append({**dense, "pretrain_objective": objective, "finetune_objective": None})
+            for (pretrain, finetune), (clean, aa) in PAIRS.items():
+                pruned = _summary_row(arch, seed, "lwm", 0.9, (clean + 0.02 * seed, aa, aa))
+                rows.append({**pruned, "pretrain_objective": pretrain, "finetune_objective": finetune})
+    return pd.DataFrame(rows, columns=INPUT_COLUMNS["study_objectives"] + NEW_SUMMARY_COLUMNS)
+
+
 def write_tables(directory: Path, **overrides: pd.DataFrame | None) -> Path:
-    """All four input tables; an override of None leaves that file out."""
+    """Every input table; an override of None leaves that file out."""
     tables = {"summary": _summary(), "layer_sparsity": _layers(), "sensitivity": _sensitivity(),
-              "training_curves": _curves(), **overrides}
+              "training_curves": _curves(), "prune_curves": _prune_curves(), "study_finetune": _study_finetune(),
+              "study_objectives": _study_objectives(), **overrides}
     directory.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
         if df is not None:
@@ -115,32 +229,56 @@ def write_tables(directory: Path, **overrides: pd.DataFrame | None) -> Path:
     return directory
 
 
+ONLY_SUMMARY = dict(layer_sparsity=None, sensitivity=None, training_curves=None, prune_curves=None,
+                    study_finetune=None, study_objectives=None)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    """Every table, every figure (PNG only: PDF output is checked on a smaller report below)."""
     tmp = tmp_path_factory.mktemp("report")
     tables = write_tables(tmp / "tables")
-    written = make_report(str(tables), str(tmp / "out"), formats=("png", "pdf"), dpi=80)
-    return tmp, written
+    records, logger = _Records(), logging.getLogger("advprune.report")
+    logger.addHandler(records)
+    try:
+        written = make_report(str(tables), str(tmp / "out"), formats=("png",), dpi=60)
+    finally:
+        logger.removeHandler(records)
+    return tmp, written, records.messages
+
+
+def _check_images(paths):
+    for path in (p for p in paths if p.endswith(".png")):
+        image = matplotlib.image.imread(path)
+        height, width = image.shape[:2]
+        assert 100 < height < 4000 and 200 < width < 4000, (path, image.shape)
+        assert image[..., :3].std() > 0.01, f"{path} is blank"
 
 
 def test_writes_every_expected_output(report):
-    tmp, written = report
-    expected = expected_outputs(str(tmp / "out"), ("png", "pdf"))
+    tmp, written, warnings = report
+    expected = expected_outputs(str(tmp / "out"), ("png",))
     assert written == expected
-    assert len(expected) == 4 * 2 + 3
+    assert len(expected) == len(FIGURES) + 3 * len(TABLES) == 9 + 12
+    assert set(TABLES) == set(BUILDERS)
     for path in expected:
         assert os.path.getsize(path) > 0, path
-    for path in (p for p in expected if p.endswith(".png")):
-        image = matplotlib.image.imread(path)
-        height, width = image.shape[:2]
-        assert 150 < height < 4000 and 300 < width < 4000, (path, image.shape)
-        assert image[..., :3].std() > 0.01, f"{path} is blank"
-    for path in (p for p in expected if p.endswith(".pdf")):
-        assert Path(path).read_bytes().startswith(b"%PDF")
+    _check_images(expected)
+    # Every figure has data here: none may fall back to a placeholder, no table may be empty.
+    assert warnings == []
 
 
 def test_tables_hold_means_and_stds_over_seeds(report):
-    tmp, _ = report
+    tmp, _, _ = report
     md = (tmp / "out/tables/robustness.md").read_text()
     tex = (tmp / "out/tables/robustness.tex").read_text()
     csv = pd.read_csv(tmp / "out/tables/robustness.csv")
@@ -157,10 +295,238 @@ def test_tables_hold_means_and_stds_over_seeds(report):
     assert r"lwm\_global" in tex and "lwm_global" not in tex
     assert tex.startswith(r"\begin{tabular}") and r"\toprule" in tex and r"\bottomrule" in tex
     assert r"Clean acc. (\%)" in tex
-    # Two archs, each: dense + 3 methods x 3 sparsities.
-    assert len(csv) == 2 * (1 + 3 * 3)
+    # Two archs, each: dense + 5 methods x 3 sparsities.
+    assert len(csv) == 2 * (1 + 5 * 3)
     assert (csv.groupby("arch")["method"].first() == "dense").all(), "dense must lead each block"
     assert md.count("\n") == 2 + len(csv)
+
+
+def test_finetune_study_table_has_a_row_per_criterion_and_mode(report):
+    tmp, _, _ = report
+    csv = pd.read_csv(tmp / "out/tables/finetune_study.csv", keep_default_na=False, na_values=[""])
+    md = (tmp / "out/tables/finetune_study.md").read_text()
+    tex = (tmp / "out/tables/finetune_study.tex").read_text()
+    # Per arch: the dense model, then 5 criteria x 3 modes, modes in training-effort order.
+    assert len(csv) == 2 * (1 + 5 * 3)
+    block = csv[csv["arch"] == "small_cnn"]
+    assert block["method"].tolist() == ["dense"] + [c for c in sorted(CRITERIA) for _ in MODES]
+    assert block["finetune_mode"].tolist()[1:] == list(MODES) * 5
+    assert block["finetune_mode"].isna().iloc[0]
+    # random, adversarial: clean 0.70 - 0.05 + 0.02 * seed -> 65 and 67 %; AA 0.35 - 0.025 + 0.01 * seed.
+    row = block[(block["method"] == "random") & (block["finetune_mode"] == "adversarial")].iloc[0]
+    assert (row["sparsity_target_pct"], row["n_seeds"]) == (90, 2)
+    assert row["clean_pct"] == pytest.approx(66.0) and row["clean_pct_std"] == pytest.approx(1.4142, abs=1e-4)
+    assert row["autoattack_pct"] == pytest.approx(33.0) and row["autoattack_pct_std"] == pytest.approx(0.7071, abs=1e-4)
+    assert "| digits | small_cnn | random | adversarial | 90 | 2 | 66.00 ± 1.41 |" in md
+    assert "| digits | small_cnn | dense | – | 0 | 2 |" in md
+    assert r"digits & small\_cnn & l1\_filter & natural & 90 & 2 &" in tex and "dense & -- & 0" in tex
+    assert md.count("\n") == 2 + len(csv)
+
+
+def _expected_retained(pretrain: str, finetune: str, metric: int) -> float:
+    """Mean over seeds of pruned / dense (same pretraining objective) in %, from the synthetic constants."""
+    clean = metric == 0
+    ratios = [(PAIRS[pretrain, finetune][metric] + 0.02 * seed * clean)
+              / (DENSE_BY_OBJECTIVE[pretrain][metric] + 0.02 * seed * clean) for seed in SEEDS]
+    return 100 * float(np.mean(ratios))
+
+
+def test_objective_study_retains_against_the_dense_model_of_the_same_pretraining(report):
+    tmp, _, _ = report
+    csv = pd.read_csv(tmp / "out/tables/objective_study.csv")
+    md = (tmp / "out/tables/objective_study.md").read_text()
+    block = csv[csv["arch"] == "small_cnn"]
+    assert list(zip(block["pretrain_objective"], block["finetune_objective"])) == [
+        ("natural", "natural"), ("natural", "pgd_at"), ("pgd_at", "natural"), ("pgd_at", "pgd_at"), ("trades", "trades")]
+    assert (block["method"] == "lwm").all() and (block["sparsity_target_pct"] == 90).all()
+    for pair in PAIRS:
+        row = block[(block["pretrain_objective"] == pair[0]) & (block["finetune_objective"] == pair[1])].iloc[0]
+        assert row["retained_clean_pct"] == pytest.approx(_expected_retained(*pair, 0), abs=1e-3), pair
+        assert row["dense_clean_pct"] == pytest.approx(100 * DENSE_BY_OBJECTIVE[pair[0]][0] + 1), pair
+        if pair[0] == "natural":
+            # The naturally trained dense model has 0 % robust accuracy: nothing to retain, not infinity.
+            assert np.isnan(row["retained_autoattack_pct"]), pair
+        else:
+            assert row["retained_autoattack_pct"] == pytest.approx(_expected_retained(*pair, 1), abs=1e-3), pair
+    # pgd_at -> natural keeps 72/80 = 90 % of the PGD-AT dense model's clean accuracy (seed 0); against the
+    # natural dense model it would be 72/95.
+    assert _expected_retained("pgd_at", "natural", 0) == pytest.approx(100 * (0.90 + 0.74 / 0.82) / 2)
+    assert "| digits | small_cnn | lwm | pgd_at | natural | 90 | 2 | 81.00 | 40.00 |" in md
+    assert "| 95.06 ± 0.09 | 90.00 ± 0.00 |" in md
+    assert "| natural | pgd_at | 90 | 2 | 96.00 | 0.00 | 71.00 ± 1.41 | 30.00 ± 0.00 | 73.96 ± 0.38 | n/a |" in md
+
+
+def test_objective_study_without_a_dense_model_shows_na():
+    study = _study_objectives()
+    study = study[~((study["method"] == "dense") & (study["pretrain_objective"] == "trades"))]
+    table = objective_study_table(study)
+    trades = table[table["pretrain_objective"] == "trades"]
+    assert len(trades) == 2 and trades["retained_clean_pct"].isna().all() and trades["dense_clean_pct"].isna().all()
+    assert table[table["pretrain_objective"] != "trades"]["retained_clean_pct"].notna().all()
+    assert "| trades | trades | 90 | 2 | n/a | n/a | 75.00 ± 1.41 | 40.00 ± 0.00 | n/a | n/a |" in to_markdown(
+        table, objective_study_display)
+    fig = figures.objective_study(study)
+    ax = fig.axes[0]
+    # trades -> trades is the last group: both its bars are missing and say so.
+    assert sum(t.get_text() == "n/a" for t in ax.texts) == 2 + 2  # + the natural pretraining's AA bars
+
+
+def test_latency_table_lists_structured_models_against_dense(report):
+    tmp, _, _ = report
+    csv = pd.read_csv(tmp / "out/tables/latency.csv")
+    md = (tmp / "out/tables/latency.md").read_text()
+    # Unstructured models keep their zeros in dense tensors, so they are left out.
+    assert set(csv["method"]) == {"dense", *STRUCTURED}
+    assert len(csv) == 2 * (1 + len(STRUCTURED) * len(SPARSITIES))
+    row = csv[(csv["arch"] == "small_cnn") & (csv["method"] == "l1_filter") & (csv["sparsity_target_pct"] == 90)].iloc[0]
+    # 2 ms dense; 1.1 and 1.2 ms over the seeds -> speed-ups 1.818 and 1.667.
+    assert row["latency_ms"] == pytest.approx(1.15) and row["latency_dense_ms"] == pytest.approx(2.0)
+    assert row["speedup"] == pytest.approx((2 / 1.1 + 2 / 1.2) / 2, abs=1e-4)
+    assert row["params_nonzero"] == 10_000 and row["flops_reduction"] == pytest.approx(10.0)
+    dense = csv[(csv["arch"] == "small_cnn") & (csv["method"] == "dense")].iloc[0]
+    assert dense["speedup"] == pytest.approx(1.0)
+    assert "| digits | small_cnn | l1_filter | 90 | 2 | 10,000 | 100,000 | 10.0× | 1.150 ± 0.071 | 2.000 | 1.74 ± 0.11× |" in md
+
+
+def test_latency_table_without_structured_flags_keeps_every_timed_model():
+    summary = _summary()
+    assert len(latency_table(summary)) == 2 * (1 + 2 * 3)
+    # An aggregate that does not say which models are structured: none can be left out.
+    unknown = summary.drop(columns="structured").assign(structured=np.nan)
+    assert len(latency_table(unknown)) == 2 * (1 + 5 * 3)
+    # No latency measured at all: an empty table, still written in every format.
+    untimed = latency_table(summary.assign(latency_ms=np.nan))
+    assert untimed.empty
+    assert to_markdown(untimed, latency_display).count("\n") == 2
+
+
+def test_old_tables_read_with_implementation_defaulting_to_the_key(tmp_path):
+    tables = write_tables(tmp_path, summary=_summary(new_columns=False), layer_sparsity=_layers().drop(columns="impl"))
+    summary, layers = read_table(str(tables), "summary"), read_table(str(tables), "layer_sparsity")
+    assert (summary["impl"] == summary["method"]).all() and (layers["impl"] == layers["method"]).all()
+    assert summary["latency_ms"].isna().all() and summary["structured"].isna().all()
+    assert latency_table(summary).empty
+    new = read_table(str(write_tables(tmp_path / "new")), "summary")
+    # Dense models have no implementation in the CSV; lwm_global is an lwm.
+    assert set(zip(new["method"], new["impl"])) >= {("dense", "dense"), ("lwm_global", "lwm"), ("mrpf", "mrpf")}
+    assert new.loc[new["method"] == "mrpf", "structured"].eq(True).all()
+    assert new.loc[new["method"] == "lwm", "structured"].eq(False).all()
+
+
+def _bars(ax) -> dict[str, list[float]]:
+    """Legend label -> bar heights of each bar series in a panel."""
+    return {c.get_label(): [p.get_height() for p in c.patches] for c in ax.containers if isinstance(c, BarContainer)}
+
+
+def test_finetune_study_figure_groups_modes_per_criterion():
+    study = _study_finetune()
+    fig = figures.finetune_study(study)
+    assert len(fig.axes) == 2 * 2  # (resnet18, small_cnn) x (clean, AutoAttack)
+    table = finetune_study_table(study)
+    for ax, (arch, metric, name) in zip(fig.axes, [(a, m, n) for a in ("resnet18", "small_cnn")
+                                                   for m, n in (("clean", "Clean"), ("autoattack", "AutoAttack"))]):
+        assert ax.get_title().startswith(f"digits / {arch}, 90% sparsity: {name}")
+        assert ax.get_ylabel() == f"{name} accuracy (%)"
+        assert [t.get_text() for t in ax.get_xticklabels()] == sorted(CRITERIA)
+        bars = _bars(ax)
+        assert list(bars) == list(MODES)
+        for mode, heights in bars.items():
+            rows = table[(table["arch"] == arch) & (table["finetune_mode"] == mode)].sort_values("method")
+            assert heights == pytest.approx(rows[f"{metric}_pct"].tolist()), (arch, metric, mode)
+        # The dense model of the study as the reference line.
+        dense = table[(table["arch"] == arch) & (table["method"] == "dense")][f"{metric}_pct"].iloc[0]
+        assert any(line.get_ydata()[0] == pytest.approx(dense) for line in ax.get_lines())
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == [*MODES, "dense"]
+
+
+def test_objective_study_figure_shows_retained_fractions():
+    fig = figures.objective_study(_study_objectives())
+    assert len(fig.axes) == 2
+    table = objective_study_table(_study_objectives())
+    for ax, arch in zip(fig.axes, ("resnet18", "small_cnn")):
+        assert ax.get_title().startswith(f"digits / {arch}: lwm at 90% sparsity (10× compression)")
+        assert ax.get_ylabel() == "Accuracy retained (% of dense)"
+        ticks = ax.get_xticklabels()
+        assert [t.get_text() for t in ticks] == [
+            "natural → natural", "natural → pgd_at", "pgd_at → natural", "pgd_at → pgd_at", "trades → trades"]
+        assert [t.get_fontweight() for t in ticks] == ["bold", "normal", "normal", "bold", "bold"]
+        rows = table[table["arch"] == arch]
+        bars = _bars(ax)
+        assert bars["benign (clean)"] == pytest.approx(rows["retained_clean_pct"].tolist())
+        # No robust bar for the two pairs pretrained naturally (0 % dense robust accuracy).
+        assert bars["robust (AutoAttack)"] == pytest.approx(rows["retained_autoattack_pct"].dropna().tolist())
+        assert any(list(line.get_ydata()) == [100, 100] for line in ax.get_lines())
+
+
+def _errorbar_lines(ax) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {c.get_label(): (np.asarray(c.lines[0].get_xdata()), np.asarray(c.lines[0].get_ydata()))
+            for c in ax.containers if isinstance(c, ErrorbarContainer)}
+
+
+def test_harp_layer_rates_compare_learned_density_with_uniform():
+    layers = _layers()
+    fig = figures.harp_layer_rates(layers)
+    assert len(fig.axes) == 2 * len(SPARSITIES)
+    for ax, (arch, target) in zip(fig.axes, [(a, s) for a in ("resnet18", "small_cnn") for s in SPARSITIES]):
+        names = ARCH_LAYERS[arch]
+        assert ax.get_title() == f"digits / {arch}: {100 * target:g}% target"
+        assert [t.get_text() for t in ax.get_xticklabels()] == names
+        lines = _errorbar_lines(ax)
+        assert list(lines) == ["harp"], "only HARP's allocation is drawn against the uniform one"
+        x, y = lines["harp"]
+        # Mean over the seeds (+0.002 sparsity for seed 1) of 1 - sparsity, in %.
+        expected = [100 * (_harp_density(i, target) - 0.001) for i in range(len(names))]
+        assert list(x) == list(range(len(names))) and y == pytest.approx(expected)
+        uniform = [line for line in ax.get_lines() if line.get_label() == "uniform"]
+        assert len(uniform) == 1 and uniform[0].get_ydata()[0] == pytest.approx(100 * (1 - target))
+        assert "density" in ax.get_ylabel() and "(%)" in ax.get_ylabel()
+    with pytest.raises(figures.NoData, match="no HARP"):
+        figures.harp_layer_rates(layers[layers["impl"] != "harp"])
+
+
+def test_mrpf_scatter_pairs_each_layer_with_its_sensitivity():
+    layers, sens = _layers(), _sensitivity()
+    fig = figures.mrpf_sensitivity_vs_sparsity(sens, layers)
+    assert len(fig.axes) == 2 * len(SPARSITIES)
+    for ax, (arch, target) in zip(fig.axes, [(a, s) for a in ("resnet18", "small_cnn") for s in SPARSITIES]):
+        (points,) = [c for c in ax.collections if c.get_label() == "mrpf"]
+        names = ARCH_LAYERS[arch]
+        # Layers in name order (groupby), means over the seeds of what _sensitivity and _layers write.
+        expected = sorted((names[i], 0.5 / (i + 1) + 0.01,
+                           100 * np.mean([min(_mrpf_sparsity(i, len(names), target) + 0.002 * seed, 1.0) for seed in SEEDS]))
+                          for i in range(len(names)))
+        assert points.get_offsets().data == pytest.approx(np.array([e[1:] for e in expected]))
+        assert "mrpf: ρ = -" in ax.texts[-1].get_text()
+        assert ax.get_ylabel() == "Allocated layer sparsity (%)"
+    # small_cnn at 50 %: no sparsity is capped, so sparsity falls strictly as sensitivity rises.
+    assert fig.axes[3].texts[-1].get_text() == "mrpf: ρ = -1.00"
+    with pytest.raises(figures.NoData, match="no MRPF layer matches"):
+        figures.mrpf_sensitivity_vs_sparsity(sens.assign(seed=7), layers)
+
+
+def test_pwoa_loss_terms_per_phase():
+    curves = _prune_curves()
+    fig = figures.pwoa_loss_terms(curves)
+    assert len(fig.axes) == 2 * 2  # (resnet18, small_cnn) x (admm, retrain)
+    admm, retrain = fig.axes[2], fig.axes[3]  # small_cnn
+    assert admm.get_title() == "digits / small_cnn: pwoa at 90%\nadmm phase"
+    labels = {line.get_label(): line for line in admm.get_lines()}
+    assert set(labels) == {"distill", "hsic_x", "hsic_y", "admm", "total"}
+    assert list(labels["admm"].get_xdata()) == [1, 2, 3, 4]
+    # Means over seeds: distill 1/epoch + 0.005; ADMM 10/epoch^2.
+    assert labels["distill"].get_ydata() == pytest.approx([1 / e + 0.005 for e in range(1, 5)])
+    assert labels["admm"].get_ydata() == pytest.approx([10 / e**2 for e in range(1, 5)])
+    assert admm.get_yscale() == "log"
+    # No ADMM term after ADMM; the negative HSIC(Y, Z) term needs a symmetric log axis.
+    assert {line.get_label() for line in retrain.get_lines()} == {"distill", "hsic_x", "hsic_y", "total"}
+    assert retrain.get_yscale() == "symlog"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["distill", "hsic_x", "hsic_y", "admm",
+                                                                  "total (train_loss)"]
+    with pytest.raises(figures.NoData, match="no PwoA"):
+        figures.pwoa_loss_terms(curves[curves["impl"] != "pwoa"])
+    with pytest.raises(figures.NoData, match="no loss_"):
+        figures.pwoa_loss_terms(curves.drop(columns=[c for c in curves if c.startswith("loss_")]))
 
 
 def test_single_seed_shows_no_std():
@@ -171,12 +537,15 @@ def test_single_seed_shows_no_std():
 
 
 def test_reruns_are_byte_identical(tmp_path):
-    # The summary alone: one real figure and the placeholders are enough to catch embedded timestamps.
-    tables = write_tables(tmp_path / "tables", layer_sparsity=None, sensitivity=None, training_curves=None)
+    # The summary alone: real figures and tables and the placeholders are enough to catch embedded timestamps.
+    tables = write_tables(tmp_path / "tables", **ONLY_SUMMARY)
     first, second = (make_report(str(tables), str(tmp_path / out), formats=("png", "pdf", "svg"), dpi=50)
                      for out in ("a", "b"))
+    assert first == expected_outputs(str(tmp_path / "a"), ("png", "pdf", "svg"))
     for a, b in zip(first, second):
         assert Path(a).read_bytes() == Path(b).read_bytes(), a
+    for path in (p for p in first if p.endswith(".pdf")):
+        assert Path(path).read_bytes().startswith(b"%PDF")
     # Timestamps have one-second resolution, so equal bytes alone could be luck: check they are absent.
     pdf, svg = (Path(tmp_path / "a/figures" / f"robustness_vs_sparsity.{ext}").read_bytes() for ext in ("pdf", "svg"))
     assert b"/CreationDate" not in pdf and b"dc:date" not in svg
@@ -186,7 +555,8 @@ def _labelled_colors(fig) -> dict[str, tuple]:
     """Legend label -> RGBA of every labelled data line in every panel of a figure."""
     colors = {}
     for ax in fig.axes:
-        artists = [(c.get_label(), c.lines[0]) for c in ax.containers if c.lines[0] is not None]
+        artists = [(c.get_label(), c.lines[0]) for c in ax.containers
+                   if isinstance(c, ErrorbarContainer) and c.lines[0] is not None]
         artists += [(line.get_label(), line) for line in ax.get_lines()]
         for label, line in artists:
             if not label.startswith("_"):
@@ -200,7 +570,11 @@ def test_method_colours_are_fixed_per_method():
     assert method_colors(names) == {k: v for k, v in method_colors(names + ["b_new", "a_new"]).items() if k in names}
     assert method_color("dense") == DENSE_COLOR == "#000000"
     assert len(set(KNOWN_COLORS.values())) == len(KNOWN_COLORS), "known methods must not share a colour"
+    assert {"hydra", "harp", "pwoa", "mrpf", "lwm", "random", "l1_filter", "lwm_iter"} <= set(KNOWN_COLORS)
     assert method_color("some_new_method") not in {DENSE_COLOR, *KNOWN_COLORS.values()}
+    assert not set(FALLBACK_COLORS) & {DENSE_COLOR, *KNOWN_COLORS.values()}
+    # A key is coloured by its own name, not by its implementation: lwm_iter (an lwm) is not lwm.
+    assert method_color("lwm_iter") != method_color("lwm")
 
 
 def test_figures_draw_each_method_in_its_colour():
@@ -215,6 +589,10 @@ def test_figures_draw_each_method_in_its_colour():
         for method in METHODS:
             assert colors[method] == {matplotlib.colors.to_rgba(method_color(method))}, method
     assert "hydra" in drawn[1]
+    # Every method, structured ones included, in one panel per metric and arch.
+    assert set(drawn[0]) == {*METHODS, *STRUCTURED}
+    harp = _labelled_colors(figures.harp_layer_rates(_layers()))
+    assert harp["harp"] == {matplotlib.colors.to_rgba(method_color("harp"))}
 
 
 def test_sparsity_axis_separates_90_from_99():
@@ -228,19 +606,47 @@ def test_sparsity_axis_separates_90_from_99():
 
 
 def test_missing_or_empty_optional_tables_give_placeholders(tmp_path, caplog):
-    tables = write_tables(tmp_path / "tables", sensitivity=None, layer_sparsity=_layers().iloc[:0])
+    layers = _layers()
+    tables = write_tables(
+        tmp_path / "tables", sensitivity=None, training_curves=None, prune_curves=None, study_finetune=None,
+        # Header only (what aggregate writes when a study has no runs), and no HARP or MRPF model.
+        study_objectives=_study_objectives().iloc[:0], layer_sparsity=layers[~layers["impl"].isin(["harp", "mrpf"])],
+    )
     with caplog.at_level(logging.WARNING, logger="advprune.report"):
-        written = make_report(str(tables), str(tmp_path / "out"), formats=("png",), dpi=50)
+        written = make_report(str(tables), str(tmp_path / "out"), formats=("png",), dpi=40)
     assert written == expected_outputs(str(tmp_path / "out"), ("png",))
     assert all(os.path.getsize(p) > 0 for p in written)
-    assert "figure sensitivity: no rows in sensitivity.csv" in caplog.text
-    assert "figure layer_sparsity: no rows in layer_sparsity.csv" in caplog.text
+    for message in ("figure sensitivity: no rows in sensitivity.csv",
+                    "figure training_curves: no rows in training_curves.csv",
+                    "figure finetune_study: no rows in study_finetune.csv",
+                    "figure objective_study: no rows in study_objectives.csv",
+                    "figure harp_layer_rates: layer_sparsity.csv has no HARP (impl harp) models",
+                    "figure mrpf_sensitivity_vs_sparsity: no rows in sensitivity.csv",
+                    "figure pwoa_loss_terms: no rows in prune_curves.csv",
+                    "table finetune_study: no rows", "table objective_study: no rows"):
+        assert message in caplog.text
+    assert "figure layer_sparsity:" not in caplog.text and "table latency" not in caplog.text
+    for name in ("finetune_study", "objective_study"):
+        assert pd.read_csv(tmp_path / "out/tables" / f"{name}.csv").empty
+        assert (tmp_path / "out/tables" / f"{name}.md").read_text().count("\n") == 2
+
+
+def test_no_tables_at_all_still_give_every_output(tmp_path):
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "summary.csv").write_text("\n")  # what write_csv leaves for no rows
+    written = make_report(str(tables), str(tmp_path / "out"), formats=("png",), dpi=40)
+    assert written == expected_outputs(str(tmp_path / "out"), ("png",))
+    assert all(os.path.getsize(p) > 0 for p in written)
 
 
 def test_table_missing_a_column_is_an_error(tmp_path):
     tables = write_tables(tmp_path / "tables", summary=_summary().drop(columns="pgd_acc"))
     with pytest.raises(ValueError, match="pgd_acc"):
         make_report(str(tables), str(tmp_path / "out"), formats=("png",), dpi=50)
+    tables = write_tables(tmp_path / "tables2", study_objectives=_study_objectives().drop(columns="pretrain_objective"))
+    with pytest.raises(ValueError, match="pretrain_objective"):
+        make_report(str(tables), str(tmp_path / "out2"), formats=("png",), dpi=50)
 
 
 def test_tex_escape():
@@ -250,8 +656,8 @@ def test_tex_escape():
 def test_cli(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     script = str(REPO / "scripts" / "report.py")
-    # The summary alone keeps this fast; the other figures are covered in-process above.
-    tables = write_tables(tmp_path / "tables", layer_sparsity=None, sensitivity=None, training_curves=None)
+    # The summary alone, in the format before impl/structured/latency, keeps this fast.
+    tables = write_tables(tmp_path / "tables", summary=_summary(new_columns=False), **ONLY_SUMMARY)
     out, log = tmp_path / "out", tmp_path / "report.log"
     run = [sys.executable, script, "--tables-dir", str(tables), "--out-dir", str(out),
            "--formats", "png", "svg", "--dpi", "40", "--log", str(log)]
@@ -263,4 +669,4 @@ def test_cli(tmp_path):
     assert procs[1].returncode == 0, run_err
     for path in expected_outputs(str(out), ("png", "svg")):
         assert os.path.getsize(path) > 0, path
-    assert "wrote 11 report files" in log.read_text()
+    assert f"wrote {2 * len(FIGURES) + 3 * len(TABLES)} report files" in log.read_text()

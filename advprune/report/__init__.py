@@ -11,14 +11,25 @@ import os
 
 log = logging.getLogger(__name__)
 
-# Figure name -> the aggregated table it is drawn from.
+# Figure name (a function of `figures`) -> the aggregated tables it is drawn from, in argument order.
 FIGURES = {
-    "robustness_vs_sparsity": "summary",
-    "layer_sparsity": "layer_sparsity",
-    "sensitivity": "sensitivity",
-    "training_curves": "training_curves",
+    "robustness_vs_sparsity": ("summary",),
+    "layer_sparsity": ("layer_sparsity",),
+    "sensitivity": ("sensitivity",),
+    "training_curves": ("training_curves",),
+    "finetune_study": ("study_finetune",),
+    "objective_study": ("study_objectives",),
+    "harp_layer_rates": ("layer_sparsity",),
+    "mrpf_sensitivity_vs_sparsity": ("sensitivity", "layer_sparsity"),
+    "pwoa_loss_terms": ("prune_curves",),
 }
-TABLES = ("robustness",)
+# Report table name (built by `tables.BUILDERS`) -> the aggregated table it is built from.
+TABLES = {
+    "robustness": "summary",
+    "finetune_study": "study_finetune",
+    "objective_study": "study_objectives",
+    "latency": "summary",
+}
 TABLE_FORMATS = ("csv", "md", "tex")
 
 
@@ -32,27 +43,35 @@ def expected_outputs(out_dir: str, formats=("png", "pdf")) -> list[str]:
 def make_report(tables_dir: str, out_dir: str, formats=("png", "pdf"), dpi: int = 150) -> list[str]:
     """Draw every figure in every format and write every table; returns the written paths.
 
-    A missing or empty input table gives "no data" figures (and an empty robustness table) rather than an
-    error, so the outputs Snakemake expects always exist.
+    A missing or empty input table, or one without the rows a figure needs (no HARP model, say), gives a
+    "no data" figure (and tables with no rows) rather than an error, so the outputs Snakemake expects always exist.
     """
     import matplotlib
 
     from . import figures
     from .style import RC, no_data_figure, save_figure
-    from .tables import read_table, robustness_table, write_table
+    from .tables import BUILDERS, read_table, write_table
 
-    data = {name: read_table(tables_dir, name) for name in set(FIGURES.values())}
+    sources = {s for names in FIGURES.values() for s in names} | set(TABLES.values())
+    data = {name: read_table(tables_dir, name) for name in sorted(sources)}
     written = []
     with matplotlib.rc_context(RC):
-        for name, source in FIGURES.items():
-            df = data[source]
-            if df.empty:
-                log.warning("figure %s: no rows in %s.csv; writing a 'no data' placeholder", name, source)
-                fig = no_data_figure(name.replace("_", " "), f"{source}.csv has no rows")
-            else:
-                fig = getattr(figures, name)(df)
+        for name, inputs in FIGURES.items():
+            try:
+                empty = [s for s in inputs if data[s].empty]
+                if empty:
+                    raise figures.NoData(f"no rows in {empty[0]}.csv")
+                fig = getattr(figures, name)(*(data[s] for s in inputs))
+            except figures.NoData as reason:
+                log.warning("figure %s: %s; writing a 'no data' placeholder", name, reason)
+                fig = no_data_figure(name.replace("_", " "), str(reason))
             written += save_figure(fig, os.path.join(out_dir, "figures", name), formats, dpi)
             log.info("figure %s: wrote %s", name, ", ".join(formats))
-    written += write_table(robustness_table(data["summary"]), os.path.join(out_dir, "tables", "robustness"))
+    for name, source in TABLES.items():
+        build, display = BUILDERS[name]
+        table = build(data[source])
+        if table.empty:
+            log.warning("table %s: no rows (from %s.csv)", name, source)
+        written += write_table(table, os.path.join(out_dir, "tables", name), display)
     log.info("wrote %d report files under %s", len(written), out_dir)
     return written

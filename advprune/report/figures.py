@@ -1,8 +1,17 @@
-"""The report's figures, each built from one aggregated table and returned as an unsaved Figure.
+"""The report's figures, each built from the aggregated tables named in `advprune.report.FIGURES` (passed in
+that order) and returned as an unsaved Figure.
 
-Every function expects a non-empty table (`make_report` draws a "no data" figure otherwise) and lays out one
-row of panels per (dataset, arch). Curves are means over seeds; error bars and bands are one standard deviation,
-drawn only where there is more than one seed.
+Every function expects non-empty tables (`make_report` draws a "no data" figure otherwise) and raises `NoData`
+when they hold nothing it can draw (no HARP model, say). Panels are laid out one row per (dataset, arch) or finer.
+Curves, points and bars are means over seeds; error bars and bands are one standard deviation, drawn only where
+there is more than one seed.
+
+Choices in the study figures:
+- harp_layer_rates compares HARP's per-layer density with the flat line at 1 - target: under the uniform
+  layer-wise allocation (lwm with scope layer) every prunable layer has exactly that density, while which lwm key
+  is layer-wise cannot be told from the tables.
+- pwoa_loss_terms plots every `loss_*` column the PwoA curves carry (and the total, train_loss) on a log axis where
+  all are positive, else on a symmetric log axis (linear around zero), so terms of different scale stay visible.
 """
 
 from __future__ import annotations
@@ -12,10 +21,14 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from .style import (
     DENSE,
     DENSE_COLOR,
+    category_color,
+    compression_label,
     method_color,
     method_handles,
     method_marker,
@@ -24,9 +37,19 @@ from .style import (
     sort_methods,
     sparsity_axis,
 )
-from .tables import METRICS
+from .tables import FINETUNE_MODES, METRICS, OBJECTIVES, RETAINED, ordered, retained_per_seed
 
 NEUTRAL = "#4d4d4d"  # for bars that belong to no method
+# Increasing training effort in increasingly dark blues; method colours are kept for methods.
+FINETUNE_MODE_COLORS = {"none": "#c6dbef", "natural": "#6baed6", "adversarial": "#08519c"}
+RETAINED_COLORS = {"clean_acc": "#9ecae1", "autoattack_acc": "#b2182b"}
+UNIFORM_COLOR = "#4d4d4d"
+LOSS_TERM_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#1f78b4")
+PRUNE_PHASES = ("admm", "retrain")  # PwoA's, in the order they run
+
+
+class NoData(Exception):
+    """The tables hold nothing this figure can show; the message says why."""
 
 
 def _panels(df: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
@@ -212,4 +235,255 @@ def training_curves(curves: pd.DataFrame) -> Figure:
             ax.set_ylabel("Validation robust accuracy (%)")
     _legend(fig, method_handles(set(finetune["method"]) | {DENSE}))
     fig.suptitle("Training curves (fine-tuning panels, dashed: dense model after pretraining)")
+    return fig
+
+
+def _bar_group(ax: Axes, n_groups: int, k: int, n_bars: int, stats: pd.DataFrame, color: str, label: str) -> None:
+    """Bar k of n_bars in each of n_groups groups centred on 0, 1, ...; error bars only with a std; "n/a" where
+    the mean is NaN."""
+    width = 0.8 / n_bars
+    x = np.arange(n_groups) + width * (k - (n_bars - 1) / 2)
+    drawn = stats["mean"].notna().to_numpy()  # a NaN bar would spoil the axis limits
+    stats = stats[drawn]
+    has_std = stats["std"].notna().any()
+    ax.bar(x[drawn], stats["mean"], 0.92 * width, color=color, label=label, zorder=2,
+           yerr=stats["std"].fillna(0) if has_std else None, capsize=2, error_kw={"linewidth": 0.8})
+    for xi in x[~drawn]:
+        ax.text(xi, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="0.4",
+                transform=ax.get_xaxis_transform())
+
+
+def _bar_axis(ax: Axes, names: list[str], xlabel: str) -> None:
+    ax.set_xticks(range(len(names)), labels=names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", visible=False)
+
+
+def finetune_study(study: pd.DataFrame) -> Figure:
+    """Criterion x fine-tuning mode: clean and AutoAttack accuracy, one bar per mode in each criterion's group."""
+    pruned = study[study["method"] != DENSE]
+    if pruned.empty:
+        raise NoData("study_finetune.csv has no pruned models")
+    panels = list(pruned.groupby(["dataset", "arch", "sparsity_target"], sort=True))
+    modes = ordered(pruned["finetune_mode"], FINETUNE_MODES)
+    n_criteria = pruned.groupby(["dataset", "arch", "sparsity_target"])["method"].nunique().max()
+    metrics = {m: METRICS[m] for m in ("clean_acc", "autoattack_acc")}
+    fig, axes = new_figure(len(panels), len(metrics), panel_w=max(3.4, 0.25 * n_criteria * len(modes) + 1.2),
+                           panel_h=2.8)
+    for row, ((dataset, arch, target), df) in enumerate(panels):
+        criteria = sort_methods(df["method"])
+        dense = study[(study["method"] == DENSE) & (study["dataset"] == dataset) & (study["arch"] == arch)]
+        for col, (metric, name) in enumerate(metrics.items()):
+            ax = axes[row, col]
+            if not dense.empty:
+                _dense_reference(ax, 100 * dense[metric].mean(), np.nan_to_num(100 * dense[metric].std()))
+            for k, mode in enumerate(modes):
+                stats = _mean_std(df[df["finetune_mode"] == mode], "method", metric, 100).reindex(criteria)
+                _bar_group(ax, len(criteria), k, len(modes), stats, category_color(mode, FINETUNE_MODE_COLORS), mode)
+            _bar_axis(ax, criteria, "Pruning criterion")
+            threat = "" if metric == "clean_acc" else f" ({_threat(df)})"
+            ax.set_title(f"{dataset} / {arch}, {pct_label(target)}% sparsity: {name}{threat}")
+            ax.set_ylabel(f"{name} accuracy (%)")
+    handles = [Patch(color=category_color(m, FINETUNE_MODE_COLORS), label=m) for m in modes]
+    if (study["method"] == DENSE).any():
+        handles.append(Line2D([], [], color=DENSE_COLOR, linestyle="--", label="dense"))
+    _legend(fig, handles, title="Fine-tuning")
+    fig.suptitle("Pruning criterion vs. fine-tuning after pruning (bars: mean over seeds, ±1 std)")
+    return fig
+
+
+def objective_study(study: pd.DataFrame) -> Figure:
+    """Per pretraining -> fine-tuning pair: % of the dense model's (same pretraining objective) clean and
+    AutoAttack accuracy kept after pruning."""
+    per_seed = retained_per_seed(study)
+    if per_seed.empty:
+        raise NoData("study_objectives.csv has no pruned models")
+    panels = list(per_seed.groupby(["dataset", "arch", "method", "sparsity_target"], sort=True))
+    n_pairs = max(len(df[["pretrain_objective", "finetune_objective"]].drop_duplicates()) for _, df in panels)
+    fig, axes = new_figure(len(panels), 1, panel_w=max(8.0, 0.7 * n_pairs + 3.0), panel_h=3.2)
+    for row, ((dataset, arch, method, target), df) in enumerate(panels):
+        ax = axes[row, 0]
+        pairs = [(p, f) for p in ordered(df["pretrain_objective"], OBJECTIVES)
+                 for f in ordered(df[df["pretrain_objective"] == p]["finetune_objective"], OBJECTIVES)]
+        pair = df["pretrain_objective"] + " → " + df["finetune_objective"]
+        names = [f"{p} → {f}" for p, f in pairs]
+        ax.axhline(100, color=DENSE_COLOR, linestyle="--", linewidth=1.2, zorder=1)
+        for k, metric in enumerate(RETAINED):
+            stats = _mean_std(df.assign(pair=pair), "pair", f"retained_{metric}", 100).reindex(names)
+            _bar_group(ax, len(names), k, len(RETAINED), stats, RETAINED_COLORS[metric], RETAINED[metric])
+        _bar_axis(ax, names, "Pretraining → fine-tuning objective")
+        for label, (p, f) in zip(ax.get_xticklabels(), pairs):
+            # Sehwag et al.: the matched pairs are the ones expected to keep the most.
+            label.set_fontweight("bold" if p == f else "normal")
+        ax.set_title(f"{dataset} / {arch}: {method} at {pct_label(target)}% sparsity "
+                     f"({compression_label(target)} compression)\nrobust: AutoAttack, {_threat(df)}")
+        ax.set_ylabel("Accuracy retained (% of dense)")
+    _legend(fig, [Patch(color=RETAINED_COLORS[m], label=RETAINED[m]) for m in RETAINED]
+            + [Line2D([], [], color=DENSE_COLOR, linestyle="--", label="dense (100 %)"),
+               Line2D([], [], linestyle="none", label="n/a: no dense model,\nor its accuracy is 0")], title="Accuracy")
+    fig.suptitle("Accuracy kept after pruning, in % of the dense model\n"
+                 "with the same pretraining objective (bold: matched pairs)")
+    return fig
+
+
+def _density_scale(ax: Axes, values) -> None:
+    """Log where densities span more than a factor 10, else linear from 0 (to 105 % at most: at 99 % sparsity
+    densities of a few % would sit flat on the axis)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.min() > 0 and values.max() / values.min() > 10:
+        _log_axis(ax, "y")
+    else:
+        ax.set_ylim(0, min(105, 1.15 * values.max()))
+
+
+def _log_axis(ax: Axes, axis: str) -> None:
+    """Log scale ticked at 1, 2, 5 x 10^k with plain numbers: under two decades matplotlib would label minor
+    ticks in overlapping scientific notation."""
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
+def harp_layer_rates(layers: pd.DataFrame) -> Figure:
+    harp = layers[layers["impl"] == "harp"]
+    if harp.empty:
+        raise NoData("layer_sparsity.csv has no HARP (impl harp) models")
+    panels = _panels(harp)
+    targets = sorted(harp["sparsity_target"].unique())
+    n_layers = harp.groupby(["dataset", "arch"])["layer"].nunique().max()
+    fig, axes = new_figure(len(panels), len(targets), panel_w=max(3.4, 0.16 * n_layers + 1.2), panel_h=3.4)
+    for row, ((dataset, arch), df) in enumerate(panels):
+        order = df.groupby("layer")["layer_index"].min().sort_values().index.tolist()
+        position = {layer: i for i, layer in enumerate(order)}
+        for col, target in enumerate(targets):
+            ax = axes[row, col]
+            title = f"{dataset} / {arch}: {pct_label(target)}% target"
+            at_target = df[np.isclose(df["sparsity_target"], target)].assign(density=lambda d: 1 - d["sparsity"])
+            if at_target.empty:
+                _empty_panel(ax, title)
+                continue
+            densities = [100 * (1 - target)]
+            for method in sort_methods(at_target["method"]):
+                stats = _mean_std(at_target[at_target["method"] == method], "layer", "density", 100)
+                stats.index = stats.index.map(position)
+                stats = stats.sort_index()
+                ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0) if stats["std"].notna().any() else None,
+                            color=method_color(method), marker=method_marker(method), markersize=4, linewidth=1.2,
+                            capsize=2, label=method)
+                densities += stats["mean"].tolist()
+            ax.axhline(100 * (1 - target), color=UNIFORM_COLOR, linestyle=":", linewidth=1.2, label="uniform")
+            _density_scale(ax, densities)
+            ax.set_title(title)
+            ax.set_ylabel("Layer density, 1 − sparsity (%)")
+            _categorical_x(ax, order, "Layer (network order)")
+    _legend(fig, method_handles(harp["method"])
+            + [Line2D([], [], color=UNIFORM_COLOR, linestyle=":", label="uniform (1 − target)")])
+    fig.suptitle("HARP's learned per-layer density vs. the uniform layer-wise allocation")
+    return fig
+
+
+def mrpf_sensitivity_vs_sparsity(sens: pd.DataFrame, layers: pd.DataFrame) -> Figure:
+    mrpf = layers[layers["impl"] == "mrpf"]
+    if mrpf.empty:
+        raise NoData("layer_sparsity.csv has no MRPF (impl mrpf) models")
+    sens = sens[["dataset", "arch", "seed", "module", "sensitivity"]].rename(columns={"module": "layer"})
+    joined = mrpf.merge(sens, on=["dataset", "arch", "seed", "layer"])
+    if joined.empty:
+        raise NoData("no MRPF layer matches a module in sensitivity.csv of the same dataset, arch and seed")
+    panels = _panels(joined)
+    targets = sorted(joined["sparsity_target"].unique())
+    fig, axes = new_figure(len(panels), len(targets), panel_w=3.6, panel_h=3.2)
+    for row, ((dataset, arch), df) in enumerate(panels):
+        for col, target in enumerate(targets):
+            ax = axes[row, col]
+            title = f"{dataset} / {arch}: {pct_label(target)}% target"
+            at_target = df[np.isclose(df["sparsity_target"], target)]
+            if at_target.empty:
+                _empty_panel(ax, title)
+                continue
+            correlations = []
+            for method in sort_methods(at_target["method"]):
+                points = at_target[at_target["method"] == method].groupby("layer").agg(
+                    sensitivity=("sensitivity", "mean"), sparsity=("sparsity", "mean"),
+                    layer_index=("layer_index", "min"))
+                ax.scatter(points["sensitivity"], 100 * points["sparsity"], color=method_color(method),
+                           marker=method_marker(method), s=22, label=method, zorder=3)
+                for p in points.itertuples():
+                    ax.annotate(str(p.layer_index), (p.sensitivity, 100 * p.sparsity), xytext=(3, 2),
+                                textcoords="offset points", fontsize=6, color="0.35")
+                rho = points["sensitivity"].corr(points["sparsity"], method="spearman")
+                correlations.append(f"{method}: ρ = {'n/a' if np.isnan(rho) else f'{rho:.2f}'}")
+            ax.axhline(100 * target, color=UNIFORM_COLOR, linestyle=":", linewidth=1, zorder=1)
+            values = at_target["sensitivity"].to_numpy(dtype=float)
+            if values.min() > 0 and values.max() / values.min() > 10:
+                _log_axis(ax, "x")
+            ax.text(0.98, 0.98, "\n".join(correlations), transform=ax.transAxes, ha="right", va="top", fontsize=7,
+                    bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
+            ax.set_ylim(-3, 103)
+            ax.set_title(title)
+            ax.set_xlabel("Module sensitivity (increase of adversarial loss)")
+            ax.set_ylabel("Allocated layer sparsity (%)")
+    _legend(fig, method_handles(joined["method"])
+            + [Line2D([], [], color=UNIFORM_COLOR, linestyle=":", label="target sparsity")])
+    fig.suptitle("MRPF: allocated per-layer sparsity vs. module robustness sensitivity "
+                 "(labels: layer index; ρ: Spearman rank correlation)")
+    return fig
+
+
+def _loss_scale(ax: Axes, values) -> None:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return
+    if values.min() > 0:
+        ax.set_yscale("log")
+    elif (values != 0).any():
+        ax.set_yscale("symlog", linthresh=float(np.abs(values[values != 0]).min()))
+
+
+def pwoa_loss_terms(curves: pd.DataFrame) -> Figure:
+    pwoa = curves[curves["impl"] == "pwoa"]
+    if pwoa.empty:
+        raise NoData("prune_curves.csv has no PwoA (impl pwoa) curves")
+    terms = [c for c in pwoa.columns if c.startswith("loss_") and pwoa[c].notna().any()]
+    if not terms:
+        raise NoData("the PwoA curves in prune_curves.csv have no loss_* columns")
+    colors = {term: LOSS_TERM_COLORS[i % len(LOSS_TERM_COLORS)] for i, term in enumerate(sorted(terms))}
+    has_total = "train_loss" in pwoa.columns and pwoa["train_loss"].notna().any()
+    runs = list(pwoa.groupby(["dataset", "arch", "method", "sparsity_target"], sort=True))
+    phases = ordered(pwoa["phase"], PRUNE_PHASES)
+    fig, axes = new_figure(len(runs), len(phases), panel_w=3.6, panel_h=2.8)
+    for row, ((dataset, arch, method, target), df) in enumerate(runs):
+        for col, phase in enumerate(phases):
+            ax = axes[row, col]
+            title = f"{dataset} / {arch}: {method} at {pct_label(target)}%\n{phase} phase"
+            at_phase = df[df["phase"] == phase]
+            if at_phase.empty:
+                _empty_panel(ax, title)
+                continue
+            plotted = []
+            for term in terms:
+                if at_phase[term].notna().any():
+                    stats = _mean_std(at_phase.dropna(subset=[term]), "epoch", term)
+                    _line_band(ax, stats, color=colors[term], marker="o", markersize=3, label=term.removeprefix("loss_"))
+                    plotted += stats["mean"].tolist()
+            if has_total and at_phase["train_loss"].notna().any():
+                stats = _mean_std(at_phase.dropna(subset=["train_loss"]), "epoch", "train_loss")
+                _line_band(ax, stats, color=DENSE_COLOR, linestyle="--", label="total")
+                plotted += stats["mean"].tolist()
+            _loss_scale(ax, plotted)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(title)
+            ax.set_xlabel("Epoch")
+            ax.set_ylabel("Loss term (epoch mean)")
+    handles = [Line2D([], [], color=colors[t], marker="o", markersize=3, label=t.removeprefix("loss_")) for t in terms]
+    if has_total:
+        handles.append(Line2D([], [], color=DENSE_COLOR, linestyle="--", label="total (train_loss)"))
+    _legend(fig, handles, title="Loss term")
+    fig.suptitle("PwoA: loss terms per epoch in each phase")
     return fig

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import textwrap
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -13,20 +14,26 @@ from matplotlib.lines import Line2D
 DENSE = "dense"
 DENSE_COLOR = "#000000"
 
-# Methods the project knows get hand-picked, mutually distinct colours (related methods in related hues).
-# Any other name falls back to a hash of the name, so a method's colour depends on nothing but its own
-# name: adding or removing a method never recolours the others.
+# Colours belong to method *keys* (the job names in `prune.methods`, which label every legend and table row),
+# not to implementations: two keys of one implementation (lwm and lwm_iter) are different experiments and must
+# be told apart. Keys the project knows get hand-picked, mutually distinct colours (related methods in related
+# hues). Any other key falls back to a hash of its name, so a key's colour depends on nothing but its own name:
+# adding or removing a method never recolours the others.
 KNOWN_COLORS = {
     "lwm": "#1f77b4",
     "lwm_global": "#17becf",
+    "lwm_iter": "#393b79",
     "random": "#7f7f7f",
+    "l1_filter": "#8c564b",
     "hydra": "#ff7f0e",
     "harp": "#d62728",
     "pwoa": "#2ca02c",
     "mrpf": "#9467bd",
 }
-FALLBACK_COLORS = ("#8c564b", "#e377c2", "#bcbd22", "#1b9e77", "#7570b3", "#e6ab02")
-KNOWN_MARKERS = {"lwm": "o", "lwm_global": "s", "random": "x", "hydra": "^", "harp": "v", "pwoa": "D", "mrpf": "P"}
+# None of these is a known colour or close to one.
+FALLBACK_COLORS = ("#e377c2", "#bcbd22", "#1b9e77", "#e6ab02", "#882255", "#44aa99", "#a6761d", "#999933")
+KNOWN_MARKERS = {"lwm": "o", "lwm_global": "s", "lwm_iter": "h", "random": "x", "l1_filter": "X", "hydra": "^",
+                 "harp": "v", "pwoa": "D", "mrpf": "P"}
 FALLBACK_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "h")
 
 RC = {
@@ -57,7 +64,12 @@ def _hash_pick(name: str, options: tuple, salt: str):
 def method_color(method: str) -> str:
     if method == DENSE:
         return DENSE_COLOR
-    return KNOWN_COLORS.get(method) or _hash_pick(method, FALLBACK_COLORS, "color")
+    return category_color(method, KNOWN_COLORS)
+
+
+def category_color(name: str, known: dict[str, str]) -> str:
+    """`known[name]`, else a colour that depends only on the name."""
+    return known.get(name) or _hash_pick(name, FALLBACK_COLORS, "color")
 
 
 def method_marker(method: str) -> str:
@@ -87,6 +99,11 @@ def method_handles(methods) -> list[Line2D]:
 def pct_label(fraction: float) -> str:
     """0.5 -> '50', 0.99 -> '99', 0.999 -> '99.9'."""
     return f"{100 * fraction:g}"
+
+
+def compression_label(sparsity: float) -> str:
+    """Weights kept 1 in n: 0.9 -> '10×', 0.99 -> '100×', 0.5 -> '2×'."""
+    return f"{1 / (1 - sparsity):.3g}×"
 
 
 def _nines(pct):
@@ -123,7 +140,8 @@ def no_data_figure(title: str, reason: str) -> Figure:
     ax = fig.subplots()
     ax.set_axis_off()
     ax.set_title(title)
-    ax.text(0.5, 0.5, f"no data\n({reason})", ha="center", va="center", fontsize=12, transform=ax.transAxes)
+    reason = textwrap.fill(f"({reason})", 45)  # long reasons would push the text out of the figure
+    ax.text(0.5, 0.5, f"no data\n{reason}", ha="center", va="center", fontsize=12, transform=ax.transAxes)
     return fig
 
 

@@ -19,6 +19,10 @@ METHODS = list(config["prune"]["methods"])
 SPARSITIES = [cfg.fmt_sparsity(s) for s in config["prune"]["sparsities"]]
 # Methods whose prune job reads the sensitivity table.
 SENSITIVITY_METHODS = {"mrpf"}
+STUDIES = config["studies"]
+OBJECTIVE = config["pretrain"]["objective"]
+if cfg.method_spec(config, STUDIES.get("objectives", {}).get("method", METHODS[0]))["method"] in SENSITIVITY_METHODS:
+    sys.exit("advprune: config key 'studies.objectives.method': methods that read the sensitivity table cannot be pretrained with other objectives yet")
 
 
 wildcard_constraints:
@@ -27,6 +31,9 @@ wildcard_constraints:
     seed=r"\d+",
     method="|".join(["dense", *METHODS]),
     sparsity=r"[0-9.]+",
+    mode="|".join(cfg.FINETUNE_MODES),
+    pre="natural|pgd_at|trades|mart",
+    ft="natural|pgd_at|trades|mart",
 
 
 def code(script):
@@ -61,7 +68,21 @@ def pretrain_settings(wildcards):
 
 
 def prune_settings(wildcards):
-    return cfg.prune_params(config, wildcards.method)
+    return cfg.prune_params(config, wildcards.method, wildcards.get("pre"))
+
+
+def finetune_settings(wildcards):
+    return cfg.finetune_params(config, wildcards.method, wildcards.get("mode"), wildcards.get("ft"))
+
+
+def eval_labels(wildcards):
+    """Fields an evaluation record carries besides its path: the method implementation and, in studies, the variant."""
+    method = wildcards.get("method", "dense")
+    labels = {} if method == "dense" else {"impl": cfg.method_spec(config, method)["method"]}
+    for key, name in (("mode", "finetune_mode"), ("pre", "pretrain_objective"), ("ft", "finetune_objective")):
+        if key in wildcards.keys():
+            labels[name] = wildcards[key]
+    return labels
 
 
 def resume_path(wildcards, output):
@@ -74,11 +95,33 @@ def resume_prefix(wildcards, output):
     return f"resume/{output[0]}"
 
 
+def pretrained_model(wildcards):
+    """The main pretrained model, or the objectives study's one pretrained with another objective."""
+    if wildcards.get("pre", OBJECTIVE) == OBJECTIVE:
+        return "results/pretrain/{dataset}/{arch}/seed{seed}/model.pt".format(**wildcards)
+    return "results/studies/objectives/{dataset}/{arch}/seed{seed}/{pre}/pretrain/model.pt".format(**wildcards)
+
+
+def pruned_model(wildcards):
+    if wildcards.get("pre", OBJECTIVE) == OBJECTIVE:
+        return "results/prune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/model.pt".format(**wildcards)
+    return "results/studies/objectives/{dataset}/{arch}/seed{seed}/{pre}/{method}/s{sparsity}/prune/model.pt".format(**wildcards)
+
+
+def finetuned_model(wildcards):
+    """A study's fine-tuned model; the main pipeline's one wherever the settings are the same (no recompute)."""
+    main = "results/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/model.pt".format(**wildcards)
+    if "mode" in wildcards.keys():
+        if finetune_settings(wildcards) == cfg.finetune_params(config, wildcards.method):
+            return main
+        return "results/studies/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/{mode}/model.pt".format(**wildcards)
+    if wildcards.pre == OBJECTIVE and finetune_settings(wildcards) == cfg.finetune_params(config, wildcards.method):
+        return main
+    return "results/studies/objectives/{dataset}/{arch}/seed{seed}/{pre}/{method}/s{sparsity}/{ft}/model.pt".format(**wildcards)
+
+
 def prune_inputs(wildcards):
-    inputs = {
-        "model": "results/pretrain/{dataset}/{arch}/seed{seed}/model.pt".format(**wildcards),
-        "data": data_files(wildcards),
-    }
+    inputs = {"model": pretrained_model(wildcards), "data": data_files(wildcards)}
     if cfg.method_spec(config, wildcards.method)["method"] in SENSITIVITY_METHODS:
         inputs["sensitivity"] = "results/sensitivity/{dataset}/{arch}/seed{seed}/sensitivity.csv".format(**wildcards)
     return inputs
@@ -119,6 +162,49 @@ def all_pretrain_curves():
 
 def all_finetune_curves():
     return _runs("results/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/curve.csv", True)
+
+
+def all_prune_infos():
+    return _runs("results/prune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/info.json", True)
+
+
+def _study_record(path, wildcards):
+    """A study's evaluation record: the main pipeline's where the model is the main one (same record, no second
+    AutoAttack run), else the study's own; with the labels that place it in the study table."""
+    model, ids = finetuned_model(wildcards) if "method" in wildcards.keys() else pretrained_model(wildcards), dict(wildcards.items())
+    if model.startswith("results/finetune/"):
+        path = "results/eval/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}.json".format(**ids)
+    elif model.startswith("results/pretrain/"):
+        path = "results/eval/{dataset}/{arch}/seed{seed}/dense/s0.json".format(**ids)
+    return {"path": path, "labels": eval_labels(wildcards)}
+
+
+def study_records():
+    """Table name -> the evaluation records of that study (see _study_record)."""
+    from snakemake.iocontainers import Wildcards
+
+    def records(pattern, variants):
+        out = []
+        for run in _runs("{dataset}/{arch}/{seed}", False):
+            dataset, arch, seed = run.split("/")
+            for variant in variants:
+                ids = dict(dataset=dataset, arch=arch, seed=seed, **variant)
+                out.append(_study_record(pattern.format(**ids), Wildcards(fromdict=ids)))
+        return out
+
+    tables = {"study_finetune": [], "study_objectives": []}
+    if "finetune" in STUDIES:
+        study = STUDIES["finetune"]
+        variants = [dict(method=m, sparsity=cfg.fmt_sparsity(study["sparsity"]), mode=mode) for m in study["methods"] for mode in study["modes"]]
+        tables["study_finetune"] = records("results/studies/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/{mode}/eval.json", variants)
+    if "objectives" in STUDIES:
+        study = STUDIES["objectives"]
+        dense = [dict(pre=pre) for pre in dict.fromkeys(pre for pre, _ in study["pairs"])]
+        pruned = [dict(pre=pre, ft=ft, method=study["method"], sparsity=cfg.fmt_sparsity(study["sparsity"])) for pre, ft in study["pairs"]]
+        tables["study_objectives"] = records("results/studies/objectives/{dataset}/{arch}/seed{seed}/{pre}/dense.json", dense) + records(
+            "results/studies/objectives/{dataset}/{arch}/seed{seed}/{pre}/{method}/s{sparsity}/{ft}/eval.json", pruned
+        )
+    return tables
 
 
 REPORT_DIR = "results/report"

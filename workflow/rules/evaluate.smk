@@ -7,6 +7,7 @@ rule evaluate:
     params:
         settings=cfg.evaluate_params(config),
         data_dir=data_dir,
+        labels=eval_labels,
         code=code("evaluate.py"),
     log:
         "logs/evaluate/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}.log",

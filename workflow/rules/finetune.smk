@@ -6,7 +6,7 @@ rule finetune:
         model="results/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/model.pt",
         curve="results/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/curve.csv",
     params:
-        settings=cfg.finetune_params(config),
+        settings=finetune_settings,
         data_dir=data_dir,
         resume=resume_path,
         code=code("finetune.py"),

@@ -4,12 +4,18 @@ rule aggregate:
         sensitivity=all_sensitivity(),
         pretrain_curves=all_pretrain_curves(),
         finetune_curves=all_finetune_curves(),
+        prune_infos=all_prune_infos(),
+        studies=[record["path"] for records in study_records().values() for record in records],
     output:
         summary="results/tables/summary.csv",
         layer_sparsity="results/tables/layer_sparsity.csv",
         sensitivity="results/tables/sensitivity.csv",
         training_curves="results/tables/training_curves.csv",
+        prune_curves="results/tables/prune_curves.csv",
+        study_finetune="results/tables/study_finetune.csv",
+        study_objectives="results/tables/study_objectives.csv",
     params:
+        studies=study_records(),
         code=code("aggregate.py"),
     log:
         "logs/aggregate.log",
