@@ -50,7 +50,11 @@ def planned(run) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     repo = _copy_repo(tmp_path_factory.mktemp("advprune"))
-    shutil.copy(repo / ".test/config.yaml", repo / "config.yaml")
+    config = yaml.safe_load((repo / ".test/config.yaml").read_text())
+    overlay = yaml.safe_load((repo / ".test/methods.yaml").read_text())  # every method and the studies
+    config["prune"]["methods"].update(overlay["prune"]["methods"])
+    config["studies"] = overlay["studies"]
+    (repo / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     snakemake(repo)
     return repo
 
