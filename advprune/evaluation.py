@@ -14,8 +14,7 @@ import torch.nn as nn
 
 from advprune.attacks.fused import FoldedBatchNorm
 from advprune.attacks.pgd import PGD
-from advprune.pruning import prunable_weights
-from advprune.pruning._structured import layer_sparsity_vs_dense
+from advprune.pruning import layer_sparsity, prunable_weights
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def model_statistics(model: nn.Module, input_shape: tuple[int, ...], include_fir
     of the model and of the dense network, timed the same way, and `latency_settings`."""
     dense = model if dense is None else dense
     dense_prunable = sum(w.numel() for w in prunable_weights(dense, include_first_last).values())
-    layers = layer_sparsity_vs_dense(model, dense, include_first_last)
+    layers = layer_sparsity(model, include_first_last, dense)
     removed = sum(r["sparsity"] * r["n_params"] for r in layers)
     weights = prunable_weights(model, include_first_last)
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())

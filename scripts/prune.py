@@ -5,7 +5,6 @@ from advprune.data import load_meta, load_split
 from advprune.entry import load_config, parser, remove_resume_state, start_job
 from advprune.provenance import provenance
 from advprune.pruning import PruneContext, build_method, layer_sparsity
-from advprune.pruning._structured import layer_sparsity_vs_dense
 from advprune.runtime import seed_everything
 from advprune.training import apply_masks
 
@@ -32,10 +31,8 @@ def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sens
     if result.model is not None:
         model = result.model
     apply_masks(model, result.masks)
-    if method.structured:  # a smaller network: sparsity is what is left of the dense architecture's layers
-        layers = layer_sparsity_vs_dense(model, build_dense(ckpt, device), params["include_first_last"])
-    else:
-        layers = layer_sparsity(model, params["include_first_last"])
+    # A structured method's network is smaller: sparsity is what is left of the dense architecture's layers.
+    layers = layer_sparsity(model, params["include_first_last"], build_dense(ckpt, device) if method.structured else None)
     measured = sum(r["sparsity"] * r["n_params"] for r in layers) / sum(r["n_params"] for r in layers)
     save_model(out_model, model, ckpt["arch"], ckpt["model_options"], load_meta(data_dir), masks=result.masks,
                meta={"provenance": provenance(params, seed, device, code_hash), "sparsity_target": float(sparsity)})

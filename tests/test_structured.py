@@ -11,12 +11,11 @@ from advprune.config import evaluate_params, finetune_params, prune_params
 from advprune.data import load_split
 from advprune.evaluation import model_statistics
 from advprune.models import build_model
-from advprune.pruning import PruneContext, build_method, prunable_weights
+from advprune.pruning import PruneContext, build_method, layer_sparsity, prunable_weights
 from advprune.pruning._structured import (
     channel_groups,
     channel_importance,
     keep_for_ratios,
-    layer_sparsity_vs_dense,
     masked_equivalent,
     ratios_for_budget,
     remove_channels,
@@ -147,7 +146,7 @@ def _context(train_split, include_first_last=True):
 def test_l1_filter_removes_the_target_fraction_of_weights_at_a_uniform_ratio(train_split, target, capsys):
     model = _model("resnet18", 16)
     result = build_method("l1_filter").prune(model, target, _context(train_split))
-    layers = layer_sparsity_vs_dense(result.model, model)
+    layers = layer_sparsity(result.model, dense=model)
     measured = sum(r["sparsity"] * r["n_params"] for r in layers) / sum(r["n_params"] for r in layers)
     with capsys.disabled():
         print(f"\nl1_filter resnet18 width 16: target {target}, measured {measured:.4f}")
@@ -165,7 +164,7 @@ def test_l1_filter_removes_the_target_fraction_of_weights_at_a_uniform_ratio(tra
 def test_l1_filter_without_first_last_counts_only_the_prunable_layers(train_split):
     model = _model("resnet18", 16)
     result = build_method("l1_filter").prune(model, 0.5, _context(train_split, include_first_last=False))
-    layers = layer_sparsity_vs_dense(result.model, model, include_first_last=False)
+    layers = layer_sparsity(result.model, include_first_last=False, dense=model)
     measured = sum(r["sparsity"] * r["n_params"] for r in layers) / sum(r["n_params"] for r in layers)
     assert abs(measured - 0.5) < 0.005
     assert result.model.conv1.weight.shape == model.conv1.weight.shape

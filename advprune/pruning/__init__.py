@@ -151,9 +151,14 @@ def _keep_top(scores: torch.Tensor, n_pruned: int) -> torch.Tensor:
     return keep
 
 
-def layer_sparsity(model: nn.Module, include_first_last: bool = True) -> list[dict]:
-    """Measured from the weights themselves (zeros / size), per prunable layer in network order."""
-    return [
-        {"layer": name.removesuffix(".weight"), "layer_index": i, "n_params": w.numel(), "sparsity": float((w == 0).sum()) / w.numel()}
-        for i, (name, w) in enumerate(prunable_weights(model, include_first_last).items())
-    ]
+def layer_sparsity(model: nn.Module, include_first_last: bool = True, dense: nn.Module | None = None) -> list[dict]:
+    """Per prunable layer of the dense architecture (network order): its dense size and the fraction of it that
+    `model` no longer has, 1 - nonzero weights left / dense size, measured from the weights themselves.
+    Channels removed by structured pruning and weights zeroed by a mask count alike; `dense` (the full-width
+    network of the same architecture) defaults to the model itself."""
+    weights = dict(model.named_parameters())
+    rows = []
+    for i, (name, w) in enumerate(prunable_weights(dense or model, include_first_last).items()):
+        left = int((weights[name] != 0).sum())
+        rows.append({"layer": name.removesuffix(".weight"), "layer_index": i, "n_params": w.numel(), "sparsity": (w.numel() - left) / w.numel()})
+    return rows

@@ -18,7 +18,6 @@ the group, so names are the same for every copy of an architecture):
 - `masked_equivalent(model, x, keep)`: the original shapes with the removed channels' contribution zeroed,
   which computes the same function as the smaller network in eval mode (what the tests compare against);
 - `structured_cost(model, x)`: prunable weights and multiply-accumulates of a forward pass;
-- `layer_sparsity_vs_dense(model, dense)`: per-layer sparsity of a smaller model against the dense one.
 
 `x` is an example input batch on the model's device (its values are irrelevant: it only traces the graph).
 
@@ -332,14 +331,3 @@ def _removed(costs: dict[str, int], in_features: dict[str, int], groups: list[Ch
     kept = sum(c * out_keep[name] * (1.0 - in_removed[name] / in_features[name]) for name, c in costs.items())
     return 1.0 - kept / sum(costs.values())
 
-
-def layer_sparsity_vs_dense(model: nn.Module, dense: nn.Module, include_first_last: bool = True) -> list[dict]:
-    """Per prunable layer of the dense architecture (network order): its dense size and the fraction of it
-    that `model` no longer has, 1 - nonzero weights left / dense size. Channels removed by structured pruning
-    and weights zeroed by a mask count alike; with equal shapes this is layer_sparsity's zeros / size."""
-    weights = dict(model.named_parameters())
-    rows = []
-    for i, (name, w) in enumerate(prunable_weights(dense, include_first_last).items()):
-        left = int((weights[name] != 0).sum())
-        rows.append({"layer": name.removesuffix(".weight"), "layer_index": i, "n_params": w.numel(), "sparsity": (w.numel() - left) / w.numel()})
-    return rows
