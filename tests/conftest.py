@@ -5,6 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from advprune.data import load_split
+from advprune.models import build_model
+from advprune.pruning import PruneContext
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -24,6 +28,22 @@ def digits_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "digits"
     prepare_dataset("digits", str(out.parent / "raw"), str(out))
     return str(out)
+
+
+# Pretraining settings of the method tests' contexts: a cheap PGD-AT whose attack the methods reuse.
+PRETRAIN = {"objective": "pgd_at", "attack": {"steps": 2, "step_size": 0.05, "random_start": True}, "trades_beta": 6.0, "mart_beta": 5.0}
+
+
+def small_model(arch="small_cnn"):
+    """A width-4 model for the 8x8 digits, with the same initial weights on every call."""
+    torch.manual_seed(0)
+    return build_model(arch, 10, 1, (8, 8), width=4)
+
+
+def prune_context(digits_dir, n_train=256, **kwargs):
+    """A PruneContext on digits subsets (n_train training, 64 validation images), Linf eps 0.1, PRETRAIN."""
+    return PruneContext(train=load_split(digits_dir, "train", n=n_train), val=load_split(digits_dir, "val", n=64),
+                        threat_model={"norm": "Linf", "eps": 0.1}, objective=PRETRAIN, **kwargs)
 
 
 def env_with_repo():

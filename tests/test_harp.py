@@ -8,30 +8,17 @@ import yaml
 
 from advprune.attacks.fused import FoldedBatchNorm
 from advprune.data import load_split
-from advprune.models import build_model
-from advprune.pruning import PruneContext, build_method, layer_sparsity, prunable_weights
+from advprune.pruning import build_method, layer_sparsity, prunable_weights
 from advprune.pruning._structured import remove_channels, structured_cost
 from advprune.pruning.harp import Harp, HarpObjective, _ChannelUnits, _erk, _harp_phase, _initial_rates, _WeightUnits, rate_from_logit
 from advprune.training import TrainSettings, apply_masks, build_objective, train
-from conftest import REPO
-
-PRETRAIN = {"objective": "pgd_at", "attack": {"steps": 2, "step_size": 0.05, "random_start": True}, "trades_beta": 6.0, "mart_beta": 5.0}
-
-
-def _model(arch="small_cnn"):
-    torch.manual_seed(0)
-    return build_model(arch, 10, 1, (8, 8), width=4)
-
-
-def _context(digits_dir, **kwargs):
-    return PruneContext(train=load_split(digits_dir, "train", n=256), val=load_split(digits_dir, "val", n=64),
-                        threat_model={"norm": "Linf", "eps": 0.1}, objective=PRETRAIN, **kwargs)
+from conftest import PRETRAIN, REPO, prune_context, small_model
 
 
 @pytest.fixture(scope="module")
 def trained(digits_dir, tmp_path_factory):
     """small_cnn after a few natural epochs, so that validation accuracies differ between epochs."""
-    model = _model()
+    model = small_model()
     split = load_split(digits_dir, "train", n=256)
     train(model, build_objective("natural", 0.1, PRETRAIN["attack"]), split, split, TrainSettings(epochs=6, batch_size=32, lr=0.05),
           0, tmp_path_factory.mktemp("pre") / "state.pt")
@@ -49,8 +36,8 @@ def _measured_sparsity(model, masks):
     ("resnet18", 0.99, {}),  # the official 010_uni start, 10x denser than the target
 ])
 def test_unstructured_learns_non_uniform_rates_and_meets_the_target(digits_dir, arch, sparsity, options):
-    model = _model(arch)
-    result = build_method("harp", epochs=3, batch_size=64, gamma0=2.0, lr_rates=0.2, **options).prune(model, sparsity, _context(digits_dir))
+    model = small_model(arch)
+    result = build_method("harp", epochs=3, batch_size=64, gamma0=2.0, lr_rates=0.2, **options).prune(model, sparsity, prune_context(digits_dir))
     info = result.info
     assert set(result.masks) == set(prunable_weights(model)) == set(info["rates"])
     assert abs(_measured_sparsity(model, result.masks) - sparsity) < 0.005
@@ -134,7 +121,7 @@ def test_straight_through_gradients_reach_scores_and_rates():
 
 
 def test_the_attack_view_sees_the_masked_network():
-    model = _model("resnet18").eval()
+    model = small_model("resnet18").eval()
     x = torch.rand(3, 1, 8, 8)
     dense = model(x)
     units = _WeightUnits(model, include_first_last=True)
@@ -151,7 +138,7 @@ def test_checkpoint_is_the_best_validation_epoch_once_the_target_is_met(digits_d
     model = copy.deepcopy(trained)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     method = build_method("harp", epochs=4, batch_size=64, init_density=0.6, gamma0=0.5, lr_rates=0.5, objective="natural")
-    info = method.prune(model, 0.8, _context(digits_dir)).info
+    info = method.prune(model, 0.8, prune_context(digits_dir)).info
     curve = info["curves"]["harp"]
     reached = [r for r in curve if r["target_reached"]]
     assert reached and not curve[0]["target_reached"]  # from 0.6 the target 0.2 takes a few epochs
@@ -167,15 +154,15 @@ def test_checkpoint_is_the_best_validation_epoch_once_the_target_is_met(digits_d
 
 def test_a_rerun_resumes_with_the_objective_state(digits_dir, tmp_path):
     method = build_method("harp", epochs=2, batch_size=64, gamma0=1.0)
-    first = method.prune(_model(), 0.9, _context(digits_dir, resume_prefix=str(tmp_path / "job")))
-    again = method.prune(_model(), 0.9, _context(digits_dir, resume_prefix=str(tmp_path / "job")))
+    first = method.prune(small_model(), 0.9, prune_context(digits_dir, resume_prefix=str(tmp_path / "job")))
+    again = method.prune(small_model(), 0.9, prune_context(digits_dir, resume_prefix=str(tmp_path / "job")))
     assert all(torch.equal(first.masks[k], again.masks[k]) for k in first.masks)
     assert again.info == first.info  # curve (timings included) and frozen gamma loaded, not retrained
 
 
 @pytest.mark.parametrize("arch", ["small_cnn", "resnet18"])
 def test_channel_masks_compute_what_the_smaller_network_computes(arch):
-    model = _model(arch).eval()
+    model = small_model(arch).eval()
     x = torch.rand(4, 1, 8, 8)
     units = _ChannelUnits(model, x, include_first_last=True, measure="flops")
     rates = {name: 0.3 + 0.5 * i / len(units.names) for i, name in enumerate(units.names)}
@@ -193,11 +180,11 @@ def test_channel_masks_compute_what_the_smaller_network_computes(arch):
 
 @pytest.mark.parametrize("budget", ["flops", "params"])
 def test_channel_variant_returns_a_smaller_network_within_the_budget(digits_dir, budget):
-    model = _model("resnet18")
+    model = small_model("resnet18")
     sparsity = 0.5
     method = build_method("harp", granularity="channel", channel_budget=budget, epochs=2, batch_size=64, gamma0=1.0)
     assert method.structured
-    result = method.prune(model, sparsity, _context(digits_dir))
+    result = method.prune(model, sparsity, prune_context(digits_dir))
     info, x = result.info, torch.rand(2, 1, 8, 8)
     assert result.masks is None and result.model is not model
     dense, small = structured_cost(model, x), structured_cost(result.model, x)
@@ -213,8 +200,8 @@ def test_channel_variant_returns_a_smaller_network_within_the_budget(digits_dir,
 
 
 def test_channel_rates_learn_the_budget(digits_dir):
-    model = _model("resnet18")
-    result = build_method("harp", granularity="channel", epochs=3, batch_size=64, gamma0=1.0, lr_rates=10.0).prune(model, 0.5, _context(digits_dir))
+    model = small_model("resnet18")
+    result = build_method("harp", granularity="channel", epochs=3, batch_size=64, gamma0=1.0, lr_rates=10.0).prune(model, 0.5, prune_context(digits_dir))
     info = result.info
     assert info["target_reached"] and info["learned_density"] <= 0.5
     rates = torch.tensor(list(info["learned_rates"].values()))
@@ -223,7 +210,7 @@ def test_channel_rates_learn_the_budget(digits_dir):
 
 
 def test_initial_strategies():
-    model = _model("resnet18")
+    model = small_model("resnet18")
     units = _WeightUnits(model, include_first_last=True)
     for strategy in ("erk", "lamp"):
         rates = _initial_rates(units, strategy, 0.1, model, True)

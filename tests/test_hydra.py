@@ -8,23 +8,10 @@ import torch.nn.functional as F
 import yaml
 
 from advprune.data import load_split
-from advprune.models import build_model
-from advprune.pruning import PruneContext, build_method, layer_sparsity, masks_from_scores, prunable_weights
+from advprune.pruning import build_method, layer_sparsity, masks_from_scores, prunable_weights
 from advprune.pruning.hydra import Hydra, _score_phase
 from advprune.training import TrainSettings, apply_masks, build_objective, train
-from conftest import REPO
-
-PRETRAIN = {"objective": "pgd_at", "attack": {"steps": 2, "step_size": 0.05, "random_start": True}, "trades_beta": 6.0, "mart_beta": 5.0}
-
-
-def _model(arch="small_cnn"):
-    torch.manual_seed(0)
-    return build_model(arch, 10, 1, (8, 8), width=4)
-
-
-def _context(digits_dir, **kwargs):
-    return PruneContext(train=load_split(digits_dir, "train", n=256), val=load_split(digits_dir, "val", n=64),
-                        threat_model={"norm": "Linf", "eps": 0.1}, objective=PRETRAIN, **kwargs)
+from conftest import PRETRAIN, REPO, prune_context, small_model
 
 
 def _lwm(model, sparsity, include_first_last=True):
@@ -38,8 +25,8 @@ def _snapshot(model):
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
 @pytest.mark.parametrize("arch", ["small_cnn", "resnet18"])
 def test_target_sparsity_in_every_layer(digits_dir, arch, sparsity):
-    model = _model(arch)
-    result = build_method("hydra", epochs=1, batch_size=64).prune(model, sparsity, _context(digits_dir))
+    model = small_model(arch)
+    result = build_method("hydra", epochs=1, batch_size=64).prune(model, sparsity, prune_context(digits_dir))
     assert set(result.masks) == set(prunable_weights(model))  # first and last layer included by default
     assert all(int((~m).sum()) == round(sparsity * m.numel()) for m in result.masks.values())
     apply_masks(model, result.masks)
@@ -49,14 +36,14 @@ def test_target_sparsity_in_every_layer(digits_dir, arch, sparsity):
 
 
 def test_scaled_scores_start_from_layerwise_lwm(digits_dir):
-    model = _model("resnet18")
+    model = small_model("resnet18")
     method = build_method("hydra", epochs=0)
     scores = method.initial_scores(prunable_weights(model), seed=0)
     w = model.layer1[0].conv1.weight.detach()
     s = scores["layer1.0.conv1.weight"]
     assert torch.allclose(s, math.sqrt(6 / (w.shape[1] * 9)) * w / w.abs().max())
     assert s.abs().max() == pytest.approx(math.sqrt(6 / (w.shape[1] * 9)))  # the Kaiming-uniform bound
-    result = method.prune(model, 0.9, _context(digits_dir))
+    result = method.prune(model, 0.9, prune_context(digits_dir))
     lwm = _lwm(model, 0.9)
     assert all(torch.equal(result.masks[n], lwm[n]) for n in lwm)
     assert result.info["mask_changed"] == 0
@@ -82,9 +69,9 @@ def test_score_gradient_is_straight_through_as_in_getsubnet():
 
 
 def test_training_moves_the_mask_and_leaves_the_model_plain(digits_dir):
-    model = _model()
+    model = small_model()
     before = _snapshot(model)
-    result = build_method("hydra", epochs=2, batch_size=64, objective="natural").prune(model, 0.9, _context(digits_dir))
+    result = build_method("hydra", epochs=2, batch_size=64, objective="natural").prune(model, 0.9, prune_context(digits_dir))
     lwm = _lwm(model, 0.9)
     flipped = sum(int((lwm[n] != m).sum()) for n, m in result.masks.items())
     assert flipped > 0 and result.info["mask_changed"] == pytest.approx(flipped / sum(m.numel() for m in lwm.values()))
@@ -101,17 +88,17 @@ def test_training_moves_the_mask_and_leaves_the_model_plain(digits_dir):
 
 
 def test_freeze_bn_keeps_batchnorm_affine_parameters(digits_dir):
-    model = _model()
+    model = small_model()
     before = _snapshot(model)
-    build_method("hydra", epochs=1, batch_size=64, objective="natural", freeze_bn=True).prune(model, 0.5, _context(digits_dir))
+    build_method("hydra", epochs=1, batch_size=64, objective="natural", freeze_bn=True).prune(model, 0.5, prune_context(digits_dir))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)
     assert not torch.equal(before["1.running_mean"], after["1.running_mean"])  # statistics follow the masked network
 
 
 def test_masks_stay_fixed_when_fine_tuning(digits_dir, tmp_path):
-    model = _model()
-    masks = build_method("hydra", epochs=1, batch_size=64).prune(model, 0.9, _context(digits_dir)).masks
+    model = small_model()
+    masks = build_method("hydra", epochs=1, batch_size=64).prune(model, 0.9, prune_context(digits_dir)).masks
     apply_masks(model, masks)
     before = _snapshot(model)
     split = load_split(digits_dir, "train", n=128)
@@ -125,17 +112,17 @@ def test_masks_stay_fixed_when_fine_tuning(digits_dir, tmp_path):
 
 def test_same_seed_same_masks(digits_dir):
     method = build_method("hydra", epochs=1, batch_size=64, score_init="kaiming_uniform")
-    a = method.prune(_model(), 0.5, _context(digits_dir, seed=1)).masks
-    b = method.prune(_model(), 0.5, _context(digits_dir, seed=1)).masks
-    c = method.prune(_model(), 0.5, _context(digits_dir, seed=2)).masks
+    a = method.prune(small_model(), 0.5, prune_context(digits_dir, seed=1)).masks
+    b = method.prune(small_model(), 0.5, prune_context(digits_dir, seed=1)).masks
+    c = method.prune(small_model(), 0.5, prune_context(digits_dir, seed=2)).masks
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
 def test_first_and_last_layers_can_stay_dense(digits_dir):
-    model = _model()
+    model = small_model()
     method = build_method("hydra", epochs=1, batch_size=64, objective="natural")
-    result = method.prune(model, 0.9, _context(digits_dir, include_first_last=False))
+    result = method.prune(model, 0.9, prune_context(digits_dir, include_first_last=False))
     names = list(prunable_weights(model))
     assert set(result.masks) == set(names[1:-1])
     apply_masks(model, result.masks)
@@ -146,9 +133,9 @@ def test_first_and_last_layers_can_stay_dense(digits_dir):
 
 def test_a_rerun_resumes_the_score_phase(digits_dir, tmp_path):
     method = build_method("hydra", epochs=2, batch_size=64, objective="trades")
-    first = method.prune(_model(), 0.9, _context(digits_dir, resume_prefix=str(tmp_path / "job")))
+    first = method.prune(small_model(), 0.9, prune_context(digits_dir, resume_prefix=str(tmp_path / "job")))
     assert first.info["objective"] == "trades"
-    again = method.prune(_model(), 0.9, _context(digits_dir, resume_prefix=str(tmp_path / "job")))
+    again = method.prune(small_model(), 0.9, prune_context(digits_dir, resume_prefix=str(tmp_path / "job")))
     assert all(torch.equal(first.masks[k], again.masks[k]) for k in first.masks)
     assert again.info["curves"] == first.info["curves"]  # the same rows, timings included: loaded, not retrained
 

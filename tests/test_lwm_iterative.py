@@ -3,12 +3,9 @@ import copy
 import pytest
 import torch
 
-from advprune.data import load_split
-from advprune.models import build_model
 from advprune.pruning import PruneContext, build_method, layer_sparsity, masks_from_scores, prunable_weights
 from advprune.training import apply_masks
-
-PRETRAIN = {"objective": "pgd_at", "attack": {"steps": 2, "step_size": 0.05, "random_start": True}, "trades_beta": 6.0, "mart_beta": 5.0}
+from conftest import prune_context, small_model
 
 
 class RecordingContext(PruneContext):
@@ -25,19 +22,13 @@ class RecordingContext(PruneContext):
         return curve
 
 
-def _model():
-    torch.manual_seed(0)
-    return build_model("small_cnn", 10, 1, (8, 8), width=4)
-
-
-def _context(digits_dir, cls=PruneContext, **kwargs):
-    return cls(train=load_split(digits_dir, "train", n=128), val=load_split(digits_dir, "val", n=64), threat_model={"norm": "Linf", "eps": 0.1},
-               objective=PRETRAIN, seed=3, **kwargs)
+def _context(digits_dir, **kwargs):
+    return prune_context(digits_dir, n_train=128, seed=3, **kwargs)
 
 
 def test_three_rounds_reach_the_target_and_pruned_weights_never_come_back(digits_dir):
-    model, target = _model(), 0.9
-    context = _context(digits_dir, RecordingContext)
+    model, target = small_model(), 0.9
+    context = RecordingContext(**_context(digits_dir).__dict__)
     method = build_method("lwm", iterations=3, finetune_epochs=1, batch_size=64, objective="natural")
     result = method.prune(model, target, context)
 
@@ -58,12 +49,12 @@ def test_three_rounds_reach_the_target_and_pruned_weights_never_come_back(digits
     rows = layer_sparsity(model)
     assert abs(sum(r["sparsity"] * r["n_params"] for r in rows) / sum(r["n_params"] for r in rows) - target) < 0.005
     # The rounds trained the surviving weights: the final ranking is not the one-shot ranking of the dense model.
-    dense = masks_from_scores({n: w.detach().abs() for n, w in prunable_weights(_model()).items()}, target)
+    dense = masks_from_scores({n: w.detach().abs() for n, w in prunable_weights(small_model()).items()}, target)
     assert any(not torch.equal(dense[n], result.masks[n]) for n in dense)
 
 
 def test_global_scope_meets_the_total_count_and_linear_schedule(digits_dir):
-    model = _model()
+    model = small_model()
     method = build_method("lwm", scope="global", iterations=2, schedule="linear", finetune_epochs=1, batch_size=64)
     result = method.prune(model, 0.8, _context(digits_dir))
     assert result.info["schedule"] == pytest.approx([0.4, 0.8])
@@ -74,16 +65,16 @@ def test_global_scope_meets_the_total_count_and_linear_schedule(digits_dir):
 def test_a_rerun_resumes_every_round_and_gives_the_same_masks(digits_dir, tmp_path):
     prefix = str(tmp_path / "job")
     method = build_method("lwm", iterations=3, finetune_epochs=1, batch_size=64)
-    first = method.prune(_model(), 0.75, _context(digits_dir, resume_prefix=prefix))
+    first = method.prune(small_model(), 0.75, _context(digits_dir, resume_prefix=prefix))
     again = RecordingContext(**{**_context(digits_dir, resume_prefix=prefix).__dict__})
-    second = method.prune(_model(), 0.75, again)
+    second = method.prune(small_model(), 0.75, again)
     assert all(torch.equal(first.masks[k], second.masks[k]) for k in first.masks)
     assert second.info["curves"] == first.info["curves"]  # resumed from the finished round states, not retrained
     assert len(again.resume_states()) == 2
 
 
 def test_one_shot_does_not_train_and_is_unchanged():
-    model = _model()
+    model = small_model()
     before = copy.deepcopy(model.state_dict())
     result = build_method("lwm").prune(model, 0.9, PruneContext())  # no data: any training would fail
     expected = masks_from_scores({n: w.detach().abs() for n, w in prunable_weights(model).items()}, 0.9, "layer")

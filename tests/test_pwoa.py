@@ -8,27 +8,18 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 import yaml
-from conftest import REPO
+from conftest import REPO, prune_context, small_model
 
 from advprune.attacks.pgd import PGD
-from advprune.data import load_split
-from advprune.models import build_model
-from advprune.pruning import PruneContext, build_method, layer_sparsity, prunable_weights
+from advprune.pruning import build_method, layer_sparsity, prunable_weights
 from advprune.pruning.pwoa import ADMM, PwoA, PwoALoss, _collect, centered_kernel, hidden_taps, normalized_hsic
 
-PRETRAIN = {"objective": "pgd_at", "attack": {"steps": 2, "step_size": 0.05, "random_start": True}, "trades_beta": 6.0, "mart_beta": 5.0}
 FAST = {"admm_epochs": 2, "retrain_epochs": 1, "rho_every": 1, "batch_size": 64}
 TERMS = ("loss_distill", "loss_hsic_x", "loss_hsic_y", "loss_ce", "adv_batches")
 
 
-def _model():
-    torch.manual_seed(0)
-    return build_model("small_cnn", 10, 1, (8, 8), width=4)
-
-
 def _context(digits_dir, **kwargs):
-    return PruneContext(train=load_split(digits_dir, "train", n=256), val=load_split(digits_dir, "val", n=64),
-                        threat_model={"norm": "Linf", "eps": 0.1}, objective=PRETRAIN, seed=3, **kwargs)
+    return prune_context(digits_dir, seed=3, **kwargs)
 
 
 @pytest.fixture
@@ -57,7 +48,7 @@ def attack_calls(monkeypatch):
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
 def test_pwoa_reaches_the_target_sparsity_and_reports_its_loss_terms(digits_dir, sparsity, attack_calls):
-    model = _model()
+    model = small_model()
     result = build_method("pwoa", **FAST).prune(model, sparsity, _context(digits_dir))
 
     assert set(result.masks) == set(prunable_weights(model))
@@ -80,10 +71,10 @@ def test_pwoa_reaches_the_target_sparsity_and_reports_its_loss_terms(digits_dir,
 
 
 def test_pure_pwoa_never_attacks_and_mixing_does(digits_dir, attack_calls):
-    build_method("pwoa", **FAST).prune(_model(), 0.75, _context(digits_dir))
+    build_method("pwoa", **FAST).prune(small_model(), 0.75, _context(digits_dir))
     assert sum(attack_calls.values()) == 0, attack_calls
 
-    result = build_method("pwoa", **{**FAST, "mix_ratio": 0.5}).prune(_model(), 0.75, _context(digits_dir))
+    result = build_method("pwoa", **{**FAST, "mix_ratio": 0.5}).prune(small_model(), 0.75, _context(digits_dir))
     assert attack_calls["PGD.perturb"] > 0  # the counter sees attacks when there are some
     fractions = [row["adv_batches"] for rows in result.info["curves"].values() for row in rows]
     assert 0 < sum(fractions) / len(fractions) < 1
@@ -93,7 +84,7 @@ def test_pure_pwoa_never_attacks_and_mixing_does(digits_dir, attack_calls):
 def test_same_seed_same_masks_and_weights(digits_dir):
     runs = []
     for _ in range(2):
-        model = _model()
+        model = small_model()
         result = build_method("pwoa", **FAST).prune(model, 0.9, _context(digits_dir))
         runs.append((result.masks, {k: v.detach().clone() for k, v in model.state_dict().items()}))
     (masks_a, weights_a), (masks_b, weights_b) = runs
@@ -103,7 +94,7 @@ def test_same_seed_same_masks_and_weights(digits_dir):
 
 def test_resumed_run_matches_an_uninterrupted_one(digits_dir, tmp_path, monkeypatch):
     options = {**FAST, "admm_epochs": 3, "mix_ratio": 0.5}  # the mixing generator and Z/U/rho must all resume
-    straight = _model()
+    straight = small_model()
     expected = build_method("pwoa", **options).prune(straight, 0.75, _context(digits_dir, resume_prefix=str(tmp_path / "a")))
 
     real_epoch_end, calls = PwoALoss.epoch_end, []
@@ -116,9 +107,9 @@ def test_resumed_run_matches_an_uninterrupted_one(digits_dir, tmp_path, monkeypa
 
     monkeypatch.setattr(PwoALoss, "epoch_end", killed_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        build_method("pwoa", **options).prune(_model(), 0.75, _context(digits_dir, resume_prefix=str(tmp_path / "b")))
+        build_method("pwoa", **options).prune(small_model(), 0.75, _context(digits_dir, resume_prefix=str(tmp_path / "b")))
     monkeypatch.setattr(PwoALoss, "epoch_end", real_epoch_end)
-    resumed = _model()
+    resumed = small_model()
     result = build_method("pwoa", **options).prune(resumed, 0.75, _context(digits_dir, resume_prefix=str(tmp_path / "b")))
 
     assert all(torch.equal(expected.masks[k], result.masks[k]) for k in expected.masks)
@@ -172,8 +163,7 @@ def test_normalized_hsic():
 
 @pytest.mark.parametrize("arch, expected", [("small_cnn", 4), ("resnet18", 10), ("wrn_28_4", 14), ("vgg16_bn", 15)])
 def test_hidden_taps(arch, expected):
-    torch.manual_seed(0)
-    model = build_model(arch, 10, 1, (8, 8), width=4).train()
+    model = small_model(arch).train()
     with _collect(hidden_taps(model)) as hiddens:
         logits = model(torch.rand(5, 1, 8, 8))
     assert len(hiddens) == expected

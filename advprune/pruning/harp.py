@@ -72,10 +72,10 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
-from torch.nn.utils import parametrize
 
 from advprune.attacks.pgd import PGD
 from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, prunable_weights, register_method
+from advprune.pruning._scores import WeightParametrizations, frozen_weights, scaled_scores
 from advprune.pruning._structured import _layer_costs, channel_groups, channel_importance, remove_channels, structured_cost
 from advprune.training import OBJECTIVES, TrainSettings
 from advprune.training.losses import Objective
@@ -262,13 +262,11 @@ class _WeightUnits:
         self.total = sum(self.sizes.values())
 
     def initial_scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {name: _scaled(w.detach(), w[0].numel()) for name, w in self.weights.items()}
+        return {name: scaled_scores(w.detach(), w[0].numel()) for name, w in self.weights.items()}
 
-    def attach(self, model: nn.Module, scores: dict, logits: dict, r_min: float, attached: list[nn.Module]) -> None:
+    def attach(self, model: nn.Module, scores: dict, logits: dict, r_min: float, phase: WeightParametrizations) -> None:
         for name in self.names:
-            module = model.get_submodule(name.removesuffix(".weight"))
-            parametrize.register_parametrization(module, "weight", _WeightMask(scores[name], logits[name], r_min))
-            attached.append(module)
+            phase.attach(model.get_submodule(name.removesuffix(".weight")), _WeightMask(scores[name], logits[name], r_min))
 
     def density(self, rates: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(rates[name] * self.sizes[name] for name in self.names) / self.total
@@ -308,14 +306,12 @@ class _ChannelUnits:
     def initial_scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
         l1 = channel_importance(model, list(self.groups.values()), "l1")
         device = next(model.parameters()).device
-        return {name: _scaled(l1[name].to(device), model.get_submodule(name).weight[0].numel()) for name in self.names}
+        return {name: scaled_scores(l1[name].to(device), model.get_submodule(name).weight[0].numel()) for name in self.names}
 
-    def attach(self, model: nn.Module, scores: dict, logits: dict, r_min: float, attached: list[nn.Module]) -> None:
+    def attach(self, model: nn.Module, scores: dict, logits: dict, r_min: float, phase: WeightParametrizations) -> None:
         for layer, group in self.input_group.items():
-            module = model.get_submodule(layer)
             repeat = self.in_features[layer] // self.sizes[group]  # features per channel (after a flatten)
-            parametrize.register_parametrization(module, "weight", _InputChannelMask(scores[group], logits[group], r_min, repeat))
-            attached.append(module)
+            phase.attach(model.get_submodule(layer), _InputChannelMask(scores[group], logits[group], r_min, repeat))
 
     def density(self, rates: dict) -> torch.Tensor | float:
         kept = 0.0
@@ -351,11 +347,6 @@ class _ChannelUnits:
                 return counts, counts != learned
             name = min(fits, key=lambda n: counts[n] / (rates[n] * self.sizes[n]))
             counts[name] += 1
-
-
-def _scaled(values: torch.Tensor, fan_in: int) -> torch.Tensor:
-    """HYDRA/HARP scaled score init: sqrt(6 / fan_in) * values / max|values| (Kaiming-uniform range)."""
-    return math.sqrt(6 / fan_in) * values / values.abs().max().clamp_min(torch.finfo(values.dtype).tiny)
 
 
 def _proportional(shares: dict[str, float], total: int, caps: dict[str, int]) -> dict[str, int]:
@@ -431,26 +422,12 @@ def _harp_phase(model: nn.Module, units, initial: dict[str, float], r_min: float
     """Attach scores and rate logits, freeze every other parameter but BatchNorm's (all with `freeze_bn`);
     yields the _Params. Afterwards the model has its plain layers, original weight tensors and requires_grad
     flags back (trained BatchNorm parameters and statistics stay)."""
-    trainable = {p: p.requires_grad for p in model.parameters()}
-    batchnorm = []
-    for m in model.modules():
-        train_affine = isinstance(m, nn.modules.batchnorm._BatchNorm) and not freeze_bn
-        for p in m.parameters(recurse=False):
-            p.requires_grad_(train_affine)
-            if train_affine:
-                batchnorm.append(p)
-    device = next(model.parameters()).device
-    scores = {name: nn.Parameter(s) for name, s in units.initial_scores(model).items()}
-    logits = {name: nn.Parameter(torch.tensor(logit_for_rate(initial[name], r_min), device=device)) for name in units.names}
-    attached: list[nn.Module] = []  # filled as it goes, so a failure half-way is undone too
-    try:
-        units.attach(model, scores, logits, r_min, attached)
-        yield _Params(scores, logits, r_min, batchnorm)
-    finally:
-        for module in attached:
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-        for p, flag in trainable.items():
-            p.requires_grad_(flag)
+    with frozen_weights(model, freeze_bn) as phase:
+        device = next(model.parameters()).device
+        scores = {name: nn.Parameter(s) for name, s in units.initial_scores(model).items()}
+        logits = {name: nn.Parameter(torch.tensor(logit_for_rate(initial[name], r_min), device=device)) for name in units.names}
+        units.attach(model, scores, logits, r_min, phase)
+        yield _Params(scores, logits, r_min, phase.batchnorm)
 
 
 class HarpObjective(Objective):

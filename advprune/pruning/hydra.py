@@ -32,14 +32,13 @@ its conv/linear weights and biases come back untouched (the prune script zeroes 
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
-from torch.nn.utils import parametrize
 
 from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, prunable_weights, register_method
+from advprune.pruning._scores import frozen_weights, scaled_scores
 from advprune.training import OBJECTIVES, TrainSettings
 from advprune.training.losses import Objective
 
@@ -74,8 +73,7 @@ class Hydra(PruningMethod):
         for name, w in weights.items():
             w = w.detach()
             if self.score_init == "scaled":
-                fan_in = w[0].numel()  # in_features, or in_channels/groups * kernel area
-                scores[name] = math.sqrt(6 / fan_in) * w / w.abs().max()
+                scores[name] = scaled_scores(w, fan_in=w[0].numel())  # in_features, or in_channels/groups * kernel area
             else:
                 s = torch.empty(w.shape, dtype=w.dtype)
                 init = nn.init.kaiming_uniform_ if self.score_init == "kaiming_uniform" else nn.init.kaiming_normal_
@@ -123,25 +121,13 @@ def _score_phase(model: nn.Module, initial: dict[str, torch.Tensor], sparsity: f
     name -> score parameter. Afterwards the model has its plain layers, original weight tensors and
     requires_grad flags back, whatever happened inside."""
     modules = dict(model.named_modules())
-    trainable = {p: p.requires_grad for p in model.parameters()}
-    for m in model.modules():
-        train_affine = isinstance(m, nn.modules.batchnorm._BatchNorm) and not freeze_bn
-        for p in m.parameters(recurse=False):
-            p.requires_grad_(train_affine)
-    attached = []
-    try:
+    with frozen_weights(model, freeze_bn) as phase:
         scores = {}
         for name, s in initial.items():
             module = modules[name.removesuffix(".weight")]
-            parametrize.register_parametrization(module, "weight", _ScoreMask(s, sparsity))
-            attached.append(module)
+            phase.attach(module, _ScoreMask(s, sparsity))
             scores[name] = module.parametrizations.weight[0].scores
         yield scores
-    finally:
-        for module in attached:
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-        for p, flag in trainable.items():
-            p.requires_grad_(flag)
 
 
 class _TrackMaskChanges(Objective):

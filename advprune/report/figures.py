@@ -16,6 +16,8 @@ Choices in the study figures:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -135,14 +137,15 @@ def robustness_vs_sparsity(summary: pd.DataFrame) -> Figure:
     return fig
 
 
-def layer_sparsity(layers: pd.DataFrame) -> Figure:
-    panels = _panels(layers)
-    targets = sorted(layers["sparsity_target"].unique())
-    n_layers = layers.groupby(["dataset", "arch"])["layer"].nunique().max()
-    fig, axes = new_figure(len(panels), len(targets), panel_w=max(3.4, 0.16 * n_layers + 1.2), panel_h=3.4)
+def _target_panels(data: pd.DataFrame, draw: Callable[[Axes, float, pd.DataFrame, pd.DataFrame], None],
+                   panel_w: float, panel_h: float) -> Figure:
+    """One row of panels per (dataset, arch), one column per target sparsity. `draw(ax, target, rows, panel)`
+    draws the rows at that target (`panel`: all rows of the (dataset, arch)), then the panel gets its title; a
+    panel without rows says so."""
+    panels = _panels(data)
+    targets = sorted(data["sparsity_target"].unique())
+    fig, axes = new_figure(len(panels), len(targets), panel_w=panel_w, panel_h=panel_h)
     for row, ((dataset, arch), df) in enumerate(panels):
-        order = df.groupby("layer")["layer_index"].min().sort_values().index.tolist()
-        position = {layer: i for i, layer in enumerate(order)}
         for col, target in enumerate(targets):
             ax = axes[row, col]
             title = f"{dataset} / {arch}: {pct_label(target)}% target"
@@ -150,22 +153,42 @@ def layer_sparsity(layers: pd.DataFrame) -> Figure:
             if at_target.empty:
                 _empty_panel(ax, title)
                 continue
-            methods = sort_methods(at_target["method"])
-            for k, method in enumerate(methods):
-                stats = _mean_std(at_target[at_target["method"] == method], "layer", "sparsity", 100)
-                # Layer-wise methods give identical per-layer sparsities; a small sideways shift per method keeps
-                # every line visible instead of the last one drawn hiding the others.
-                stats.index = stats.index.map(position) + 0.12 * (k - (len(methods) - 1) / 2)
-                stats = stats.sort_index()
-                ax.errorbar(stats.index, stats["mean"], alpha=0.85,
-                            yerr=stats["std"].fillna(0) if stats["std"].notna().any() else None,
-                            color=method_color(method), marker=method_marker(method), markersize=4,
-                            linewidth=1.2, capsize=2, label=method)
-            ax.axhline(100 * target, color="0.5", linestyle=":", linewidth=1, zorder=0)
-            ax.set_ylim(-3, 103)
+            draw(ax, target, at_target, df)
             ax.set_title(title)
-            ax.set_ylabel("Layer sparsity (%)")
-            _categorical_x(ax, order, "Layer (network order)")
+    return fig
+
+
+def _per_layer_figure(layers: pd.DataFrame, draw: Callable[[Axes, float, pd.DataFrame, dict[str, int]], None]) -> Figure:
+    """_target_panels wide enough for the layers: `draw(ax, target, rows, position)` draws each layer at
+    x = position[layer] (network order, by layer_index), and the x axis is labelled with the layer names."""
+
+    def draw_layers(ax, target, at_target, panel):
+        order = panel.groupby("layer")["layer_index"].min().sort_values().index.tolist()
+        draw(ax, target, at_target, {layer: i for i, layer in enumerate(order)})
+        _categorical_x(ax, order, "Layer (network order)")
+
+    n_layers = layers.groupby(["dataset", "arch"])["layer"].nunique().max()
+    return _target_panels(layers, draw_layers, panel_w=max(3.4, 0.16 * n_layers + 1.2), panel_h=3.4)
+
+
+def layer_sparsity(layers: pd.DataFrame) -> Figure:
+    def draw(ax, target, at_target, position):
+        methods = sort_methods(at_target["method"])
+        for k, method in enumerate(methods):
+            stats = _mean_std(at_target[at_target["method"] == method], "layer", "sparsity", 100)
+            # Layer-wise methods give identical per-layer sparsities; a small sideways shift per method keeps
+            # every line visible instead of the last one drawn hiding the others.
+            stats.index = stats.index.map(position) + 0.12 * (k - (len(methods) - 1) / 2)
+            stats = stats.sort_index()
+            ax.errorbar(stats.index, stats["mean"], alpha=0.85,
+                        yerr=stats["std"].fillna(0) if stats["std"].notna().any() else None,
+                        color=method_color(method), marker=method_marker(method), markersize=4,
+                        linewidth=1.2, capsize=2, label=method)
+        ax.axhline(100 * target, color="0.5", linestyle=":", linewidth=1, zorder=0)
+        ax.set_ylim(-3, 103)
+        ax.set_ylabel("Layer sparsity (%)")
+
+    fig = _per_layer_figure(layers, draw)
     _legend(fig, method_handles(layers["method"]))
     fig.suptitle("Per-layer sparsity of the pruned models (dotted: target sparsity)")
     return fig
@@ -353,34 +376,23 @@ def harp_layer_rates(layers: pd.DataFrame) -> Figure:
     harp = layers[layers["impl"] == "harp"]
     if harp.empty:
         raise NoData("layer_sparsity.csv has no HARP (impl harp) models")
-    panels = _panels(harp)
-    targets = sorted(harp["sparsity_target"].unique())
-    n_layers = harp.groupby(["dataset", "arch"])["layer"].nunique().max()
-    fig, axes = new_figure(len(panels), len(targets), panel_w=max(3.4, 0.16 * n_layers + 1.2), panel_h=3.4)
-    for row, ((dataset, arch), df) in enumerate(panels):
-        order = df.groupby("layer")["layer_index"].min().sort_values().index.tolist()
-        position = {layer: i for i, layer in enumerate(order)}
-        for col, target in enumerate(targets):
-            ax = axes[row, col]
-            title = f"{dataset} / {arch}: {pct_label(target)}% target"
-            at_target = df[np.isclose(df["sparsity_target"], target)].assign(density=lambda d: 1 - d["sparsity"])
-            if at_target.empty:
-                _empty_panel(ax, title)
-                continue
-            densities = [100 * (1 - target)]
-            for method in sort_methods(at_target["method"]):
-                stats = _mean_std(at_target[at_target["method"] == method], "layer", "density", 100)
-                stats.index = stats.index.map(position)
-                stats = stats.sort_index()
-                ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0) if stats["std"].notna().any() else None,
-                            color=method_color(method), marker=method_marker(method), markersize=4, linewidth=1.2,
-                            capsize=2, label=method)
-                densities += stats["mean"].tolist()
-            ax.axhline(100 * (1 - target), color=UNIFORM_COLOR, linestyle=":", linewidth=1.2, label="uniform")
-            _density_scale(ax, densities)
-            ax.set_title(title)
-            ax.set_ylabel("Layer density, 1 − sparsity (%)")
-            _categorical_x(ax, order, "Layer (network order)")
+
+    def draw(ax, target, at_target, position):
+        at_target = at_target.assign(density=lambda d: 1 - d["sparsity"])
+        densities = [100 * (1 - target)]
+        for method in sort_methods(at_target["method"]):
+            stats = _mean_std(at_target[at_target["method"] == method], "layer", "density", 100)
+            stats.index = stats.index.map(position)
+            stats = stats.sort_index()
+            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0) if stats["std"].notna().any() else None,
+                        color=method_color(method), marker=method_marker(method), markersize=4, linewidth=1.2,
+                        capsize=2, label=method)
+            densities += stats["mean"].tolist()
+        ax.axhline(100 * (1 - target), color=UNIFORM_COLOR, linestyle=":", linewidth=1.2, label="uniform")
+        _density_scale(ax, densities)
+        ax.set_ylabel("Layer density, 1 − sparsity (%)")
+
+    fig = _per_layer_figure(harp, draw)
     _legend(fig, method_handles(harp["method"])
             + [Line2D([], [], color=UNIFORM_COLOR, linestyle=":", label="uniform (1 − target)")])
     fig.suptitle("HARP's learned per-layer density vs. the uniform layer-wise allocation")
@@ -395,39 +407,31 @@ def mrpf_sensitivity_vs_sparsity(sens: pd.DataFrame, layers: pd.DataFrame) -> Fi
     joined = mrpf.merge(sens, on=["dataset", "arch", "seed", "layer"])
     if joined.empty:
         raise NoData("no MRPF layer matches a module in sensitivity.csv of the same dataset, arch and seed")
-    panels = _panels(joined)
-    targets = sorted(joined["sparsity_target"].unique())
-    fig, axes = new_figure(len(panels), len(targets), panel_w=3.6, panel_h=3.2)
-    for row, ((dataset, arch), df) in enumerate(panels):
-        for col, target in enumerate(targets):
-            ax = axes[row, col]
-            title = f"{dataset} / {arch}: {pct_label(target)}% target"
-            at_target = df[np.isclose(df["sparsity_target"], target)]
-            if at_target.empty:
-                _empty_panel(ax, title)
-                continue
-            correlations = []
-            for method in sort_methods(at_target["method"]):
-                points = at_target[at_target["method"] == method].groupby("layer").agg(
-                    sensitivity=("sensitivity", "mean"), sparsity=("sparsity", "mean"),
-                    layer_index=("layer_index", "min"))
-                ax.scatter(points["sensitivity"], 100 * points["sparsity"], color=method_color(method),
-                           marker=method_marker(method), s=22, label=method, zorder=3)
-                for p in points.itertuples():
-                    ax.annotate(str(p.layer_index), (p.sensitivity, 100 * p.sparsity), xytext=(3, 2),
-                                textcoords="offset points", fontsize=6, color="0.35")
-                rho = points["sensitivity"].corr(points["sparsity"], method="spearman")
-                correlations.append(f"{method}: ρ = {'n/a' if np.isnan(rho) else f'{rho:.2f}'}")
-            ax.axhline(100 * target, color=UNIFORM_COLOR, linestyle=":", linewidth=1, zorder=1)
-            values = at_target["sensitivity"].to_numpy(dtype=float)
-            if values.min() > 0 and values.max() / values.min() > 10:
-                _log_axis(ax, "x")
-            ax.text(0.98, 0.98, "\n".join(correlations), transform=ax.transAxes, ha="right", va="top", fontsize=7,
-                    bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
-            ax.set_ylim(-3, 103)
-            ax.set_title(title)
-            ax.set_xlabel("Module sensitivity (increase of adversarial loss)")
-            ax.set_ylabel("Allocated layer sparsity (%)")
+
+    def draw(ax, target, at_target, panel):
+        correlations = []
+        for method in sort_methods(at_target["method"]):
+            points = at_target[at_target["method"] == method].groupby("layer").agg(
+                sensitivity=("sensitivity", "mean"), sparsity=("sparsity", "mean"),
+                layer_index=("layer_index", "min"))
+            ax.scatter(points["sensitivity"], 100 * points["sparsity"], color=method_color(method),
+                       marker=method_marker(method), s=22, label=method, zorder=3)
+            for p in points.itertuples():
+                ax.annotate(str(p.layer_index), (p.sensitivity, 100 * p.sparsity), xytext=(3, 2),
+                            textcoords="offset points", fontsize=6, color="0.35")
+            rho = points["sensitivity"].corr(points["sparsity"], method="spearman")
+            correlations.append(f"{method}: ρ = {'n/a' if np.isnan(rho) else f'{rho:.2f}'}")
+        ax.axhline(100 * target, color=UNIFORM_COLOR, linestyle=":", linewidth=1, zorder=1)
+        values = at_target["sensitivity"].to_numpy(dtype=float)
+        if values.min() > 0 and values.max() / values.min() > 10:
+            _log_axis(ax, "x")
+        ax.text(0.98, 0.98, "\n".join(correlations), transform=ax.transAxes, ha="right", va="top", fontsize=7,
+                bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
+        ax.set_ylim(-3, 103)
+        ax.set_xlabel("Module sensitivity (increase of adversarial loss)")
+        ax.set_ylabel("Allocated layer sparsity (%)")
+
+    fig = _target_panels(joined, draw, panel_w=3.6, panel_h=3.2)
     _legend(fig, method_handles(joined["method"])
             + [Line2D([], [], color=UNIFORM_COLOR, linestyle=":", label="target sparsity")])
     fig.suptitle("MRPF: allocated per-layer sparsity vs. module robustness sensitivity "
