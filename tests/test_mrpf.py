@@ -26,10 +26,11 @@ def _with_batchnorm_statistics(model, split):
 
 @pytest.fixture(scope="module")
 def resnet(digits_dir):
-    """A narrow ResNet-18 and its sensitivity table from the real sensitivity code."""
+    """A ResNet-18 wide enough for the budget to be met to 0.5 % in whole channels, and its sensitivity table
+    from the real sensitivity code."""
     torch.manual_seed(0)
     train, val = load_split(digits_dir, "train", n=128), load_split(digits_dir, "val", n=64)
-    model = _with_batchnorm_statistics(build_model("resnet18", 10, 1, (8, 8), width=4), train)
+    model = _with_batchnorm_statistics(build_model("resnet18", 10, 1, (8, 8), width=16), train)
     table = pd.DataFrame(module_sensitivity(model, val.float_x(), val.y, PGD(0.1, 0.05, 2), rho=0.1, steps=2))
     context = PruneContext(train=train, val=val, threat_model={"norm": "Linf", "eps": 0.1}, objective=PRETRAIN, sensitivity=table, seed=1)
     return model, context
@@ -47,7 +48,7 @@ def test_ratios_meet_the_global_budget(resnet, measure, sparsity):
     model, context = resnet
     result = build_method("mrpf", measure=measure).prune(model, sparsity, context)
     removed = _removed(result.model, model, measure)
-    assert abs(removed - sparsity) < 0.01  # whole channels of a width-4 network: the budget to within 1 %
+    assert abs(removed - sparsity) < 0.005
     assert result.info["reduction"] == pytest.approx(removed)
     assert result.masks is None and build_method("mrpf").structured
 
