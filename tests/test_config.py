@@ -1,5 +1,6 @@
 """A bad config stops Snakemake before any job, with one line naming the key, and touches nothing."""
 
+import shutil
 import subprocess
 
 import pytest
@@ -11,6 +12,7 @@ from advprune.models import list_models
 from advprune.pruning import list_methods
 
 from conftest import REPO, SNAKEMAKE, env_with_repo
+from test_workflow import planned
 
 DEFAULT = yaml.safe_load((REPO / "config/config.yaml").read_text())
 
@@ -74,3 +76,14 @@ def test_schema_enums_match_the_registries():
 def test_defaults_are_filled_in():
     config = _bad(lambda c: c["evaluate"]["pgd"].pop("restarts"))
     assert validate(config)["evaluate"]["pgd"]["restarts"] == 1
+
+
+def test_a_configfile_replaces_the_default_instead_of_merging_into_it(tmp_path):
+    # Merged, the default's methods and studies would join the test config's (and its jobs would double).
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config/config.yaml", tmp_path / "config/config.yaml")
+    run = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--snakefile", str(REPO / "Snakefile"), "--configfile", str(REPO / ".test/config.yaml")],
+                         cwd=tmp_path, capture_output=True, text=True, env=env_with_repo())
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert planned(run)["prune"] == 3 * 2  # .test/config.yaml: lwm, lwm_global, random x 2 sparsities
+    assert not [rule for rule in planned(run) if rule.startswith("study_")]
