@@ -45,9 +45,6 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, in
     return dense, effective
 
 
-LATENCY_DEFAULTS = {"batch_size": 64, "warmup": 2, "repeats": 10}
-
-
 @torch.inference_mode()
 def cpu_latency(models: list[nn.Module], input_shape: tuple[int, ...], batch_size: int = 64, warmup: int = 2, repeats: int = 10,
                 seed: int = 0) -> list[float]:

@@ -6,7 +6,7 @@ import time
 from advprune.checkpoint import build_dense, load_model, write_json
 from advprune.data import load_meta, load_split
 from advprune.entry import load_config, parser, start_job
-from advprune.evaluation import LATENCY_DEFAULTS, model_statistics, robustness
+from advprune.evaluation import model_statistics, robustness
 from advprune.provenance import provenance
 
 
@@ -19,9 +19,8 @@ def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, ou
     model, ckpt = load_model(model_path, device)
     split = load_split(data_dir, cfg["split"], device, n=cfg["n_examples"])
     # the dense reference: the checkpoint's architecture at full width (only its shapes and speed matter)
-    latency = cfg.get("latency", LATENCY_DEFAULTS)
     stats = model_statistics(model, (meta["channels"], *meta["image_size"]), params["include_first_last"], dense=build_dense(ckpt, device),
-                             latency=None if latency is None else {**LATENCY_DEFAULTS, **latency})
+                             latency=cfg["latency"])
     scores = robustness(model, split, meta["n_classes"], threat["eps"], threat["norm"], cfg["pgd"], cfg["autoattack"], cfg["batch_size"], cfg["fold_batchnorm"])
     record = {
         "dataset": dataset, "arch": arch, "seed": seed, "method": method, "sparsity_target": float(sparsity), **(labels or {}),

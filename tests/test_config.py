@@ -87,3 +87,17 @@ def test_a_configfile_replaces_the_default_instead_of_merging_into_it(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert planned(run)["prune"] == 3 * 2  # .test/config.yaml: lwm, lwm_global, random x 2 sparsities
     assert not [rule for rule in planned(run) if rule.startswith("study_")]
+
+
+@pytest.mark.parametrize("objectives_study", [False, True])
+def test_sensitivity_methods_are_refused_only_by_the_objectives_study(tmp_path, objectives_study):
+    config = load_config(REPO / ".test/config.yaml")
+    config["prune"]["methods"] = {"mrpf": {}}
+    config["studies"] = {"objectives": {"method": "mrpf", "pairs": [["natural", "natural"]]}} if objectives_study else {}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    run = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--snakefile", str(REPO / "Snakefile"), "--configfile", "c.yaml"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env_with_repo())
+    if objectives_study:
+        assert run.returncode != 0 and run.stderr.strip().startswith("advprune: config key 'studies.objectives.method'")
+    else:
+        assert run.returncode == 0 and planned(run)["prune"] == 2, run.stderr[-2000:]

@@ -7,8 +7,12 @@ prunable weights (parameter name -> bool tensor, True = kept); structured method
 
 from __future__ import annotations
 
+import functools
+import glob
 import importlib
+import os
 import pkgutil
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,23 +87,16 @@ class PruneContext:
 
         attack = self.objective["attack"]
         val_attack = PGD(self.threat_model["eps"], attack["step_size"], attack["steps"]) if validate_robust else None
-        resume = f"{self.resume_prefix}.{phase}.state.pt" if self.resume_prefix else _scratch_path(phase)
-        return train(model, objective, self.train, self.val, settings, self.seed, resume, val_attack, masks=masks,
-                     fingerprint_extra={**self.fingerprint, "phase": phase}, desc=phase, **train_options)
+        run = functools.partial(train, model, objective, self.train, self.val, settings, self.seed, val_attack=val_attack, masks=masks,
+                                fingerprint_extra={**self.fingerprint, "phase": phase}, desc=phase, **train_options)
+        if self.resume_prefix:
+            return run(f"{self.resume_prefix}.{phase}.state.pt")
+        with tempfile.TemporaryDirectory(prefix="advprune-") as scratch:  # library use: the loop still writes epoch states
+            return run(os.path.join(scratch, f"{phase}.state.pt"))
 
     def resume_states(self) -> list[str]:
         """The resume files this job's phases wrote (removed once its outputs exist)."""
-        import glob
-
         return glob.glob(f"{glob.escape(self.resume_prefix)}.*.state.pt") if self.resume_prefix else []
-
-
-def _scratch_path(phase: str) -> str:
-    """Without a resume prefix (library use, tests) a phase still needs somewhere to write its epoch states."""
-    import os
-    import tempfile
-
-    return os.path.join(tempfile.mkdtemp(prefix="advprune-"), f"{phase}.state.pt")
 
 
 @dataclass
@@ -158,7 +155,7 @@ def layer_sparsity(model: nn.Module, include_first_last: bool = True, dense: nn.
     network of the same architecture) defaults to the model itself."""
     weights = dict(model.named_parameters())
     rows = []
-    for i, (name, w) in enumerate(prunable_weights(dense or model, include_first_last).items()):
+    for i, (name, w) in enumerate(prunable_weights(model if dense is None else dense, include_first_last).items()):
         left = int((weights[name] != 0).sum())
         rows.append({"layer": name.removesuffix(".weight"), "layer_index": i, "n_params": w.numel(), "sparsity": (w.numel() - left) / w.numel()})
     return rows

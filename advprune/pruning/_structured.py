@@ -17,7 +17,7 @@ the group, so names are the same for every copy of an architecture):
 - `remove_channels(model, x, keep)`: a physically smaller deep copy (Torch-Pruning does the surgery);
 - `masked_equivalent(model, x, keep)`: the original shapes with the removed channels' contribution zeroed,
   which computes the same function as the smaller network in eval mode (what the tests compare against);
-- `structured_cost(model, x)`: prunable weights and multiply-accumulates of a forward pass;
+- `layer_costs(model, x)` per Conv2d/Linear, `structured_cost(model, x)` in total: weights and multiply-accumulates of a forward pass;
 
 `x` is an example input batch on the model's device (its values are irrelevant: it only traces the graph).
 
@@ -237,7 +237,7 @@ def masked_equivalent(model: nn.Module, example_input: torch.Tensor, keep: dict[
     return masked
 
 
-def _layer_costs(model: nn.Module, example_input: torch.Tensor) -> dict[str, dict[str, int]]:
+def layer_costs(model: nn.Module, example_input: torch.Tensor) -> dict[str, dict[str, int]]:
     """Per Conv2d/Linear: its weight count and its multiply-accumulates for one example (as count_flops)."""
     costs, handles = {}, []
     for name, m in _weight_layers(model):
@@ -259,7 +259,7 @@ def _layer_costs(model: nn.Module, example_input: torch.Tensor) -> dict[str, dic
 
 def structured_cost(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     """{"params": Conv2d+Linear weights, "flops": their multiply-accumulates for one example}."""
-    costs = _layer_costs(model, example_input)
+    costs = layer_costs(model, example_input)
     return {m: sum(c[m] for c in costs.values()) for m in MEASURES}
 
 
@@ -289,7 +289,7 @@ def ratios_for_budget(
     if any(w < 0 for w in weights.values()):
         raise ValueError("ratios_for_budget: weights must be >= 0")
     layers = dict(_weight_layers(model))
-    costs = {name: c[measure] for name, c in _layer_costs(model, example_input).items()}
+    costs = {name: c[measure] for name, c in layer_costs(model, example_input).items()}
     if counted_layers is not None:
         costs = {name: costs[name] for name in counted_layers}
     in_features = {name: (m.in_channels if isinstance(m, nn.Conv2d) else m.in_features) for name, m in layers.items()}

@@ -76,7 +76,7 @@ import torch.nn as nn
 from advprune.attacks.pgd import PGD
 from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, prunable_weights, register_method
 from advprune.pruning._scores import WeightParametrizations, frozen_weights, scaled_scores
-from advprune.pruning._structured import _layer_costs, channel_groups, channel_importance, remove_channels, structured_cost
+from advprune.pruning._structured import layer_costs, channel_groups, channel_importance, remove_channels, structured_cost
 from advprune.training import OBJECTIVES, TrainSettings
 from advprune.training.losses import Objective
 from advprune.training.trainer import accuracy, robust_accuracy
@@ -291,7 +291,7 @@ class _ChannelUnits:
         self.groups = {g.name: g for g in channel_groups(model, example, include_first_last)}
         self.names = list(self.groups)
         self.sizes = {name: g.n_channels for name, g in self.groups.items()}
-        self.costs = {name: c[measure] for name, c in _layer_costs(model, example).items()}
+        self.costs = {name: c[measure] for name, c in layer_costs(model, example).items()}
         self.total = sum(self.costs.values())
         layers = dict(model.named_modules())
         self.in_features = {name: (m.in_channels if isinstance(m, nn.Conv2d) else m.in_features) for name, m in layers.items() if name in self.costs}

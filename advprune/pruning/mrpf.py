@@ -40,7 +40,7 @@ import torch
 
 from advprune.pruning import PruneResult, PruningMethod, prunable_weights, register_method
 from advprune.pruning._structured import (
-    CRITERIA, MEASURES, _layer_costs, channel_groups, channel_importance, keep_for_ratios, ratios_for_budget, remove_channels, structured_cost,
+    CRITERIA, MEASURES, layer_costs, channel_groups, channel_importance, keep_for_ratios, ratios_for_budget, remove_channels, structured_cost,
 )
 
 log = logging.getLogger(__name__)
@@ -131,5 +131,5 @@ def group_sensitivity(groups, table) -> dict[str, float]:
 
 def _counted_cost(model, example, counted: list[str], measure: str) -> int:
     """The `measure` of the given Conv2d/Linear layers only (the pipeline's prunable layers)."""
-    costs = _layer_costs(model, example)
+    costs = layer_costs(model, example)
     return sum(costs[name][measure] for name in counted)

@@ -21,7 +21,7 @@ SPARSITIES = [cfg.fmt_sparsity(s) for s in config["prune"]["sparsities"]]
 SENSITIVITY_METHODS = {"mrpf"}
 STUDIES = config["studies"]
 OBJECTIVE = config["pretrain"]["objective"]
-if cfg.method_spec(config, STUDIES.get("objectives", {}).get("method", METHODS[0]))["method"] in SENSITIVITY_METHODS:
+if "objectives" in STUDIES and cfg.method_spec(config, STUDIES["objectives"]["method"])["method"] in SENSITIVITY_METHODS:
     sys.exit("advprune: config key 'studies.objectives.method': methods that read the sensitivity table cannot be pretrained with other objectives yet")
 
 
@@ -110,13 +110,10 @@ def pruned_model(wildcards):
 
 def finetuned_model(wildcards):
     """A study's fine-tuned model; the main pipeline's one wherever the settings are the same (no recompute)."""
-    main = "results/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/model.pt".format(**wildcards)
+    if wildcards.get("pre", OBJECTIVE) == OBJECTIVE and finetune_settings(wildcards) == cfg.finetune_params(config, wildcards.method):
+        return "results/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/model.pt".format(**wildcards)
     if "mode" in wildcards.keys():
-        if finetune_settings(wildcards) == cfg.finetune_params(config, wildcards.method):
-            return main
         return "results/studies/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/{mode}/model.pt".format(**wildcards)
-    if wildcards.pre == OBJECTIVE and finetune_settings(wildcards) == cfg.finetune_params(config, wildcards.method):
-        return main
     return "results/studies/objectives/{dataset}/{arch}/seed{seed}/{pre}/{method}/s{sparsity}/{ft}/model.pt".format(**wildcards)
 
 
