@@ -144,7 +144,8 @@ def _training(config: dict, section: str, override: dict | None = None) -> dict:
 def pretrain_params(config: dict, arch: str, objective: str | None = None) -> dict:
     """`objective` replaces the pretraining objective (the objectives study)."""
     train = _training(config, "pretrain", {"objective": objective} if objective else None)
-    return _canonical({"model": config["models"].get(arch, {}), "threat_model": config["threat_model"], "train": train, "device": config["device"]})
+    return _canonical({"model": config["models"].get(arch, {}), "threat_model": config["threat_model"], "train": train, "device": config["device"],
+                       "fast_path": config["fast_path"]})
 
 
 def sensitivity_params(config: dict) -> dict:
@@ -165,6 +166,7 @@ def prune_params(config: dict, key: str, pretrain_objective: str | None = None) 
         "threat_model": config["threat_model"],
         "objective": _training(config, "pretrain", {"objective": pretrain_objective} if pretrain_objective else None),
         "device": config["device"],
+        "fast_path": config["fast_path"],
     })
 
 
@@ -181,7 +183,8 @@ def finetune_params(config: dict, key: str | None = None, mode: str | None = Non
         override = {"objective": objective}
     if override == "none":
         override = {"epochs": 0}
-    return _canonical({"threat_model": config["threat_model"], "train": _training(config, "finetune", override), "device": config["device"]})
+    return _canonical({"threat_model": config["threat_model"], "train": _training(config, "finetune", override), "device": config["device"],
+                       "fast_path": config["fast_path"]})
 
 
 def evaluate_params(config: dict) -> dict:

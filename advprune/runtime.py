@@ -61,6 +61,10 @@ def configure_torch(threads: int | None = None, deterministic: bool = True) -> N
 
     if threads:
         torch.set_num_threads(int(threads))
+    # fp32 means fp32 (cuDNN convolutions default to TF32 on Ampere and later): evaluation and attacks must not
+    # lose precision silently; the training fast path asks for bf16 explicitly (advprune.training.fast).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,10 +1,18 @@
-"""Adversarial training step: advprune's PGD-AT vs a plain loop around torchattacks.PGD, side by side.
+"""Adversarial training step (PGD-AT), samples/s, three contenders side by side in one run:
 
-Same model, same batch, same PGD settings; the two are timed in alternating rounds so that machine load
-affects both alike. Prints samples/s of each and the ratio (target >= 1.0, aim 1.25).
+  torchattacks  a plain loop around torchattacks.PGD (the baseline a user would write), fp32;
+  fp32          advprune's training step (advprune.training.training_step) in fp32, NCHW;
+  nhwc          the same step in fp32 with channels_last only;
+  fast          the same step on the fast path: bf16 autocast + channels_last (advprune/training/fast.py).
+
+Same model, same batch, same PGD settings; the contenders are timed in alternating rounds so that machine
+load affects all alike. Prints samples/s and the ratios advprune fp32 / torchattacks (target >= 1.0, aim 1.25)
+and fast / fp32 (the fast path's gain; expect > 1 on a GPU with bf16 tensor cores, < 1 on a CPU, where bf16
+convolutions are emulated: there `fast_path: auto` stays fp32).
 """
 
 import argparse
+import copy
 import time
 
 import torch
@@ -12,14 +20,14 @@ import torch.nn.functional as F
 import torchattacks
 
 from advprune.models import build_model
-from advprune.runtime import pick_device
-from advprune.training import build_objective
+from advprune.runtime import configure_torch, pick_device
+from advprune.training import FastPath, build_objective, training_step
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="resnet18")
-    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--width", type=int, default=16, help="base width (64 = the paper's ResNet-18)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=10, help="PGD steps")
@@ -28,41 +36,45 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
+    configure_torch(a.threads)  # as the pipeline's jobs run: deterministic kernels, TF32 off
     device = pick_device(a.device)
     torch.manual_seed(0)
-    model = build_model(a.arch, 10, 3, (a.image_size, a.image_size), width=a.width).to(device)
+    base = build_model(a.arch, 10, 3, (a.image_size, a.image_size), width=a.width).to(device)
     x = torch.rand(a.batch_size, 3, a.image_size, a.image_size, device=device)
     y = torch.randint(0, 10, (a.batch_size,), device=device)
     eps, alpha = 8 / 255, 2 / 255
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    attack = {"steps": a.steps, "step_size": alpha}
 
-    ours = build_objective("pgd_at", eps, {"steps": a.steps, "step_size": alpha})
-    baseline_attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=a.steps, random_start=True)
+    def contender(fast: FastPath | None):
+        model = fast.prepare(copy.deepcopy(base)) if fast else copy.deepcopy(base)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        model.train()
+        if fast is None:
+            pgd = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=a.steps, random_start=True)
 
-    def step_ours():
-        loss, _ = ours(model, x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            def step():
+                x_adv = pgd(x, y)  # torchattacks switches the model to eval for the attack and back
+                loss = F.cross_entropy(model(x_adv), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            return step
+        objective = build_objective("pgd_at", eps, attack)
+        return lambda: training_step(model, objective, optimizer, x, y, fast)
 
-    def step_baseline():
-        x_adv = baseline_attack(x, y)  # torchattacks switches the model to eval for the attack and back
-        loss = F.cross_entropy(model(x_adv), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    fast = FastPath.resolve(device, "bf16", True)
+    steps = {"torchattacks": contender(None), "fp32": contender(FastPath.resolve(device)),
+             "nhwc": contender(FastPath.resolve(device, "fp32", True)), "fast": contender(fast)}
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    model.train()
-    for fn in (step_ours, step_baseline):  # warm-up
+    for fn in steps.values():  # warm-up (cuDNN algorithm choice, allocator)
         fn()
-    seconds = {"advprune": 0.0, "torchattacks": 0.0}
+    seconds = dict.fromkeys(steps, 0.0)
     for _ in range(a.rounds):
-        for name, fn in (("advprune", step_ours), ("torchattacks", step_baseline)):
+        for name, fn in steps.items():
             sync()
             start = time.perf_counter()
             for _ in range(a.iters):
@@ -71,10 +83,15 @@ def main():
             seconds[name] += time.perf_counter() - start
     n = a.rounds * a.iters * a.batch_size
     rate = {k: n / v for k, v in seconds.items()}
-    print(f"{a.arch} width {a.width}, batch {a.batch_size}, PGD-{a.steps}, {device}, {a.threads} threads")
-    for name, r in rate.items():
-        print(f"  {name:13s} {r:9.1f} samples/s")
-    print(f"  ratio advprune/torchattacks: {rate['advprune'] / rate['torchattacks']:.3f} (target >= 1.0, aim 1.25)")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {a.threads} threads"
+    print(f"{a.arch} width {a.width}, batch {a.batch_size}, {a.image_size}px, PGD-{a.steps} training step, {name}")
+    print(f"  torchattacks  {rate['torchattacks']:9.1f} samples/s  (fp32)")
+    print(f"  fp32          {rate['fp32']:9.1f} samples/s  (advprune, fp32, NCHW)")
+    print(f"  nhwc          {rate['nhwc']:9.1f} samples/s  (advprune, fp32, channels_last)")
+    print(f"  fast          {rate['fast']:9.1f} samples/s  (advprune, bf16, channels_last)")
+    print(f"  ratio fp32/torchattacks: {rate['fp32'] / rate['torchattacks']:.3f} (target >= 1.0, aim 1.25)")
+    print(f"  ratio nhwc/fp32:         {rate['nhwc'] / rate['fp32']:.3f}")
+    print(f"  ratio fast/fp32:         {rate['fast'] / rate['fp32']:.3f}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ def main(model_path, data_dir, seed, params, out_model, out_curve, resume_path, 
     masks = {k: v.to(device) for k, v in (ckpt["masks"] or {}).items()}
     objective, settings, val_attack = from_params(params["train"], params["threat_model"]["eps"])
     curve = train(model, objective, load_split(data_dir, "train", device), load_split(data_dir, "val", device), settings, seed, resume_path, val_attack,
-                  masks=masks, fingerprint_extra={"params": params, "source": ckpt["meta"], "code": code_hash}, desc="finetune")
+                  masks=masks, fingerprint_extra={"params": params, "source": ckpt["meta"], "code": code_hash}, desc="finetune", fast_path=params["fast_path"])
     write_csv(curve, out_curve, header=["epoch"])  # a header even when there are no epochs (fine-tuning mode none)
     save_model(out_model, model, ckpt["arch"], ckpt["model_options"], load_meta(data_dir), masks=ckpt["masks"],
                meta={**ckpt["meta"], "provenance": provenance(params, seed, device, code_hash), "final": curve[-1] if curve else {}})

@@ -16,7 +16,7 @@ def main(data_dir, arch, seed, params, out_model, out_curve, resume_path, thread
     seed_everything(seed)
     model = build_model(arch, meta["n_classes"], meta["channels"], meta["image_size"], **params["model"]).to(device)
     objective, settings, val_attack = from_params(params["train"], params["threat_model"]["eps"])
-    curve = train(model, objective, train_split, val_split, settings, seed, resume_path, val_attack, fingerprint_extra={"params": params, "arch": arch, "code": code_hash}, desc=f"pretrain {arch}")
+    curve = train(model, objective, train_split, val_split, settings, seed, resume_path, val_attack, fingerprint_extra={"params": params, "arch": arch, "code": code_hash}, desc=f"pretrain {arch}", fast_path=params["fast_path"])
     write_csv(curve, out_curve, header=["epoch"])
     save_model(out_model, model, arch, params["model"], meta, meta={"provenance": provenance(params, seed, device, code_hash), "final": curve[-1] if curve else {}})
     remove_resume_state(resume_path)

@@ -23,6 +23,7 @@ def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sens
         include_first_last=params["include_first_last"],
         seed=seed,
         device=device,
+        fast_path=params["fast_path"],
         resume_prefix=resume_prefix,
         fingerprint={"params": params, "sparsity": float(sparsity), "source": ckpt["meta"], "code": code_hash},
     )

@@ -43,6 +43,8 @@ class FoldedBatchNorm:
             folded = torch.nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                                               conv.groups, bias=True, padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
             folded.requires_grad_(False)
+            if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
+                folded.to(memory_format=torch.channels_last)  # keep the training fast path's NHWC kernels
             name = f"folded_{len(self.pairs)}"
             graph_module.add_submodule(name, folded)
             source.target = name  # the conv node now calls the folded conv...

@@ -70,6 +70,7 @@ class PruneContext:
     device: torch.device = torch.device("cpu")
     resume_prefix: str | None = None  # phase p resumes from f"{resume_prefix}.{p}.state.pt"
     fingerprint: dict = field(default_factory=dict)  # params and code hash: a resume state from other ones is ignored
+    fast_path: dict | None = None  # {precision, channels_last} of the training phases (advprune.training.fast)
 
     def build_objective(self, name: str | None = None, **overrides):
         """A training objective with the pretraining's attack and betas; `name` (None = the pretraining
@@ -88,7 +89,7 @@ class PruneContext:
         attack = self.objective["attack"]
         val_attack = PGD(self.threat_model["eps"], attack["step_size"], attack["steps"]) if validate_robust else None
         run = functools.partial(train, model, objective, self.train, self.val, settings, self.seed, val_attack=val_attack, masks=masks,
-                                fingerprint_extra={**self.fingerprint, "phase": phase}, desc=phase, **train_options)
+                                fingerprint_extra={**self.fingerprint, "phase": phase}, desc=phase, fast_path=self.fast_path, **train_options)
         if self.resume_prefix:
             return run(f"{self.resume_prefix}.{phase}.state.pt")
         with tempfile.TemporaryDirectory(prefix="advprune-") as scratch:  # library use: the loop still writes epoch states

@@ -2,9 +2,10 @@
 
 from advprune.attacks.pgd import PGD
 from advprune.training.losses import OBJECTIVES, Objective, build_objective
-from advprune.training.trainer import TrainSettings, apply_masks, train
+from advprune.training.fast import FastPath
+from advprune.training.trainer import TrainSettings, apply_masks, train, training_step
 
-__all__ = ["OBJECTIVES", "TrainSettings", "apply_masks", "build_objective", "from_params", "train"]
+__all__ = ["OBJECTIVES", "FastPath", "TrainSettings", "apply_masks", "build_objective", "from_params", "train", "training_step"]
 
 
 def from_params(cfg: dict, eps: float) -> tuple[Objective, TrainSettings, PGD]:

@@ -22,6 +22,7 @@ import torch.nn as nn
 from advprune.attacks.pgd import PGD
 from advprune.checkpoint import load_torch, save_torch
 from advprune.runtime import progress, seed_everything
+from advprune.training.fast import FastPath
 from advprune.training.losses import Objective
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,25 @@ def _fingerprint(settings: TrainSettings, extra: dict) -> str:
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor] | None) -> None:
-    """Zero the pruned weights in place (masks: parameter name -> bool tensor, True = kept)."""
+    """Zero the pruned weights in place (masks: parameter name -> bool or 0/1 float tensor, True/1 = kept)."""
     if not masks:
         return
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, mask in masks.items():
-            params[name].mul_(mask.to(params[name].dtype))
+            params[name].mul_(mask if mask.dtype == params[name].dtype else mask.to(params[name].dtype))
+
+
+def training_step(model: nn.Module, objective: Objective, optimizer, x, y, fast: FastPath, masks=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update: the objective (its attack included) under the fast path's autocast, backward outside it as
+    autocast wants, the step, then the masks. Returns (loss, logits), still on the device."""
+    with fast.autocast():
+        loss, logits = objective(model, fast.inputs(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    apply_masks(model, masks)
+    return loss, logits
 
 
 @torch.no_grad()
@@ -83,6 +96,7 @@ def train(
     desc: str = "train",
     param_groups: list[dict] | None = None,
     keep_best: str | None = None,
+    fast_path: dict | None = None,
 ) -> list[dict]:
     """Train in place; returns the per-epoch curve rows. With `masks`, pruned weights stay exactly zero.
 
@@ -91,7 +105,11 @@ def train(
     was highest (checkpoint selection on the validation split).
     The objective takes part through optional hooks (see `Objective`): `epoch_end(model, epoch) -> dict` runs after
     each epoch's updates and adds curve columns; `state_dict()`/`load_state_dict()` carry its state across a resume.
+    `fast_path`: {precision, channels_last} of the training step (advprune.training.fast; default fp32, NCHW);
+    validation always runs in fp32.
     """
+    fast = FastPath.resolve(next(model.parameters()).device, **(fast_path or {}))
+    fast.prepare(model)
     params = param_groups or [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     if settings.schedule == "cosine":
@@ -102,7 +120,7 @@ def train(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.1 ** ((epoch % settings.cycle) // max(settings.cycle // 3, 1)))
     else:
         raise ValueError(f"unknown schedule {settings.schedule!r}")
-    fingerprint = _fingerprint(settings, {"seed": seed, "objective": objective.name, **(fingerprint_extra or {})})
+    fingerprint = _fingerprint(settings, {"seed": seed, "objective": objective.name, "fast_path": fast.describe(), **(fingerprint_extra or {})})
 
     curve: list[dict] = []
     start_epoch = 0
@@ -118,28 +136,32 @@ def train(
             log.info("%s: resumed from %s after epoch %d", desc, resume_path, state["epoch"] + 1)
         else:
             log.info("%s: ignoring resume state %s written under other settings", desc, resume_path)
+    if masks:  # converted once, not on every step
+        by_name = dict(model.named_parameters())
+        masks = {name: mask.to(by_name[name].dtype) for name, mask in masks.items()}
     apply_masks(model, masks)
+    if settings.epochs > start_epoch:
+        log.info("%s: %s on %s", desc, fast.describe(), fast.device_type)
 
     for epoch in range(start_epoch, settings.epochs):
         seed_everything(seed * 100_003 + epoch)
         shuffle = torch.Generator(device=train_split.x.device).manual_seed(seed * 100_003 + epoch)
         model.train()
         started = time.time()
-        total_loss = total_correct = seen = 0
+        # running sums stay on the device: reading them every step would stall the GPU until it catches up
+        total_loss = torch.zeros((), dtype=torch.float64, device=train_split.x.device)
+        total_correct = torch.zeros((), dtype=torch.int64, device=train_split.x.device)
+        seen = 0
         n_batches = -(-len(train_split) // settings.batch_size)
         batches = train_split.batches(settings.batch_size, shuffle=True, generator=shuffle)
         for x, y in progress(batches, f"{desc} epoch {epoch + 1}/{settings.epochs}", total=n_batches):
-            loss, logits = objective(model, x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            apply_masks(model, masks)
-            total_loss += float(loss.detach()) * len(y)
-            total_correct += int((logits.argmax(1) == y).sum())
+            loss, logits = training_step(model, objective, optimizer, x, y, fast, masks)
+            total_loss += loss.detach().double() * len(y)
+            total_correct += (logits.argmax(1) == y).sum()
             seen += len(y)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": total_loss / seen, "train_acc": total_correct / seen}
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(total_loss) / seen, "train_acc": int(total_correct) / seen}
         row.update(objective.epoch_end(model, epoch))
         row["val_clean_acc"] = accuracy(model, val_split)
         row["val_robust_acc"] = robust_accuracy(model, val_split, val_attack) if val_attack else float("nan")
@@ -161,4 +183,6 @@ def train(
     if best is not None:
         model.load_state_dict(best["model"])
         log.info("%s: kept epoch %d (best %s %.4f)", desc, best["epoch"], keep_best, best["value"])
+    if fast.channels_last:  # methods post-process the trained weights (view, flatten): hand back plain NCHW
+        model.to(memory_format=torch.contiguous_format)
     return curve

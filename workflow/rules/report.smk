@@ -1,3 +1,10 @@
+# Reading CSVs and drawing figures takes seconds and no GPU: on a cluster these run in the Snakemake process
+# itself (the login node) instead of waiting in the queue.
+localrules:
+    aggregate,
+    report,
+
+
 rule aggregate:
     input:
         evals=all_evaluations(),
