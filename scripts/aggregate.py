@@ -38,18 +38,27 @@ def _summary_row(record: dict, extra=()) -> dict:
     return {k: record.get(k) for k in [*SUMMARY_COLUMNS, *extra]}
 
 
+def _provenance_row(ids: dict, prov: dict) -> dict:
+    """Where one evaluation record came from, flat: code, settings, packages, machine."""
+    packages = {f"{name}_version": v for name, v in prov.get("packages", {}).items()}
+    return {**ids, **{k: prov.get(k) for k in ("git_sha", "git_dirty", "config_hash", "code_hash", "device", "gpu", "host", "created")}, **packages}
+
+
 def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, log=None, prune_infos=(), studies=None):
     """`studies`: table name (study_finetune, study_objectives) -> [{"path": evaluation record, "labels": its
     variant}] (a study reuses the main pipeline's records where its model is the main one)."""
     setup_logging(log)
-    summary, layers = [], []
+    summary, layers, provenance = [], [], []
     for path in sorted(eval_jsons):
         record = json.loads(Path(path).read_text())
         summary.append(_summary_row(record))
         ids = {k: record.get(k) for k in ("dataset", "arch", "seed", "method", "impl", "sparsity_target")}
         layers += [{**ids, **row} for row in record["layers"]]
+        provenance.append(_provenance_row(ids, record["provenance"]))
     write_csv(summary, out["summary"])
     write_csv(layers, out["layer_sparsity"])
+    if "provenance" in out:
+        write_csv(provenance, out["provenance"])
 
     for name, extra in STUDY_COLUMNS.items():
         rows = [_summary_row({**json.loads(Path(r["path"]).read_text()), **r["labels"]}, extra) for r in (studies or {}).get(name, [])]
@@ -75,6 +84,16 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
             curves += [{**_ids(path), "stage": stage, **row} for row in _read_rows(path)]
     write_csv(curves, out["training_curves"])
 
+    # What dvc.yaml declares: the metrics JSON and one CSV per DVC plot (written only when the caller asks).
+    if "metrics" in out:
+        import pandas as pd
+
+        from advprune.dvc_outputs import write_metrics, write_plot_data
+
+        frames = [pd.DataFrame(rows) for rows in (summary, layers, curves)]
+        write_metrics(frames[0], out["metrics"])
+        write_plot_data(*frames, out["plots"])
+
 
 def cli(argv=None):
     import glob
@@ -84,6 +103,7 @@ def cli(argv=None):
     a = p.parse_args(argv)
     r = a.results
     out = {name: f"{r}/tables/{name}.csv" for name in ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves", *STUDY_COLUMNS)}
+    out |= {"provenance": f"{r}/tables/provenance.csv", "metrics": f"{r}/tables/summary.json", "plots": f"{r}/plots"}
     # Without the workflow only the studies' own records are known (the records they share with the main grid are not).
     studies = {"study_finetune": [{"path": p, "labels": {}} for p in glob.glob(f"{r}/studies/finetune/**/eval.json", recursive=True)],
                "study_objectives": [{"path": p, "labels": {}} for p in [*glob.glob(f"{r}/studies/objectives/**/eval.json", recursive=True),

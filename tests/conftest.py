@@ -1,4 +1,7 @@
 import os
+import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,3 +53,24 @@ def env_with_repo():
     env = dict(os.environ)
     env.pop("CI", None)
     return env
+
+
+def copy_repo(dest: Path) -> Path:
+    """A private copy of the repository (tracked and unignored files): its own results/, logs/, .snakemake/,
+    and code that a test may edit."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def planned(run) -> dict[str, int]:
+    """Rule -> job count from a dry run's 'Job stats' table ({} when there is nothing to do)."""
+    text = run.stdout + run.stderr
+    if "Job stats" not in text:
+        assert "Nothing to be done" in text, text[-2000:]
+        return {}
+    table = text.split("Job stats:")[1].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}

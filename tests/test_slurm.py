@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, SNAKEMAKE, env_with_repo
+from conftest import REPO, SNAKEMAKE, copy_repo, env_with_repo
 
 pytestmark = pytest.mark.slow
 
@@ -77,16 +77,6 @@ def slurm_cluster():
         assert stop.returncode == 0, stop.stdout + stop.stderr
 
 
-def _copy_repo(dest: Path) -> Path:
-    """A copy of the repository (tracked and unignored files): its own results/, logs/, .snakemake/."""
-    files = _run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    return dest
-
-
 def _write_yaml(path: Path, data) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -112,7 +102,7 @@ class Workflow:
     """A copy of the repository run through `snakemake --profile slurm --profile ...` from its root."""
 
     def __init__(self, root: Path, profiles, configs=(".test/config.yaml",), env=None):
-        self.repo = _copy_repo(root)
+        self.repo = copy_repo(root)
         self.profiles, self.configs = ["slurm", *profiles], list(configs)
         self.env = _env(self.repo, env)
         self.proc = None

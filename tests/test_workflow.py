@@ -2,8 +2,6 @@
 nothing to do on a second run, and a config or library change re-runs only the jobs it affects."""
 
 import json
-import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,19 +13,9 @@ import yaml
 from advprune.checkpoint import load_torch
 from advprune.report import FIGURES
 
-from conftest import REPO, SNAKEMAKE, env_with_repo
+from conftest import REPO, SNAKEMAKE, copy_repo, env_with_repo, planned
 
 pytestmark = pytest.mark.slow
-
-
-def _copy_repo(dest: Path) -> Path:
-    """A private copy of the repository (tracked and unignored files), so tests may edit its code."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    return dest
 
 
 def snakemake(repo: Path, *args, config="config.yaml", check=True):
@@ -39,19 +27,9 @@ def snakemake(repo: Path, *args, config="config.yaml", check=True):
     return run
 
 
-def planned(run) -> dict[str, int]:
-    """Rule -> job count from a dry run's 'Job stats' table ({} when there is nothing to do)."""
-    text = run.stdout + run.stderr
-    if "Job stats" not in text:
-        assert "Nothing to be done" in text, text[-2000:]
-        return {}
-    table = text.split("Job stats:")[1].split("\n\n")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    repo = _copy_repo(tmp_path_factory.mktemp("advprune"))
+    repo = copy_repo(tmp_path_factory.mktemp("advprune"))
     config = yaml.safe_load((repo / ".test/config.yaml").read_text())
     overlay = yaml.safe_load((repo / ".test/methods.yaml").read_text())  # every method and the studies
     config["prune"]["methods"].update(overlay["prune"]["methods"])

@@ -219,3 +219,36 @@ def report_outputs():
     from advprune.report import expected_outputs
 
     return expected_outputs(REPORT_DIR, config["report"]["formats"])
+
+
+# Figure -> (category, subcategory) in `snakemake --report`; each has its caption in workflow/report/<figure>.rst.
+REPORT_FIGURES = {
+    "robustness_vs_sparsity": ("Results", "Robustness vs sparsity"),
+    "layer_sparsity": ("Results", "Per-layer sparsity"),
+    "training_curves": ("Results", "Training curves"),
+    "sensitivity": ("Results", "Module robustness sensitivity"),
+    "finetune_study": ("Studies", "Fine-tuning (criterion x mode)"),
+    "objective_study": ("Studies", "Objectives (pretraining x fine-tuning)"),
+    "harp_layer_rates": ("Methods", "HARP"),
+    "mrpf_sensitivity_vs_sparsity": ("Methods", "MRPF"),
+    "pwoa_loss_terms": ("Methods", "PwoA"),
+}
+REPORT_TABLES = {"robustness": "Results", "latency": "Results", "finetune_study": "Studies", "objective_study": "Studies"}
+
+
+def annotated_report_outputs():
+    """report_outputs(), with the figures (in the first format a browser shows) and the CSV tables marked for
+    `snakemake --report`: caption, category, and labels naming the architectures and datasets they cover."""
+    shown = next((f for f in ("png", "svg", "pdf") if f in config["report"]["formats"]))
+    scope = {"architectures": ", ".join(ARCHS), "datasets": ", ".join(DATASETS)}
+    outputs = []
+    for path in report_outputs():
+        name, ext = os.path.splitext(os.path.basename(path))
+        kind = os.path.basename(os.path.dirname(path))
+        if kind == "figures" and ext == f".{shown}":
+            category, subcategory = REPORT_FIGURES[name]
+            path = report(path, caption=f"../report/{name}.rst", category=category, subcategory=subcategory, labels={"figure": name, **scope})
+        elif kind == "tables" and ext == ".csv":
+            path = report(path, caption=f"../report/table_{name}.rst", category=REPORT_TABLES[name], subcategory="Tables", labels={"table": name, **scope})
+        outputs.append(path)
+    return outputs

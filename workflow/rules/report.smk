@@ -21,6 +21,15 @@ rule aggregate:
         prune_curves="results/tables/prune_curves.csv",
         study_finetune="results/tables/study_finetune.csv",
         study_objectives="results/tables/study_objectives.csv",
+        provenance=report(
+            "results/tables/provenance.csv",
+            caption="../report/provenance.rst",
+            category="Provenance",
+            labels={"table": "provenance of every evaluated model"},
+        ),
+        # declared in dvc.yaml: `dvc metrics diff` / `dvc plots diff` between commits
+        metrics="results/tables/summary.json",
+        plots=directory("results/plots"),
     params:
         studies=study_records(),
         code=code("aggregate.py"),
@@ -41,9 +50,10 @@ rule aggregate:
 # Reads only the small tables: changing plotting code or a report setting re-runs this rule alone.
 rule report:
     input:
-        rules.aggregate.output,
+        # the CSV tables only: the DVC metrics and plot files are for `dvc metrics/plots`, not for the figures
+        [path for path in rules.aggregate.output if path.endswith(".csv")],
     output:
-        report_outputs(),
+        annotated_report_outputs(),
     params:
         tables_dir=parent_dir_of_input,
         out_dir=common_dir_of_output,

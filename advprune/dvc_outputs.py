@@ -1,0 +1,66 @@
+"""The small files `dvc.yaml` points at: the metrics JSON for `dvc metrics show/diff` and one CSV per plot for
+`dvc plots show/diff` (DVC draws one line per file, so data that the report's figures split by method are
+written one file per method). Written by the aggregate rule from the same rows as the tables."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+ACCURACIES = ["clean_acc", "pgd_acc", "autoattack_acc"]
+CURVE_COLUMNS = ["epoch", "train_loss", "train_acc", "val_clean_acc", "val_robust_acc"]
+
+
+def _name(value) -> str:
+    return f"{float(value):g}"
+
+
+def summary_metrics(summary: pd.DataFrame) -> dict:
+    """{"<dataset>/<arch>": {"<method>@<sparsity>": {accuracies (mean over seeds), sparsity_measured, n_seeds}}}."""
+    metrics: dict = {}
+    if summary.empty:
+        return metrics
+    for (dataset, arch, method, target), rows in summary.groupby(["dataset", "arch", "method", "sparsity_target"], sort=True):
+        entry = {k: round(float(rows[k].mean()), 6) for k in [*ACCURACIES, "sparsity_measured"]}
+        metrics.setdefault(f"{dataset}/{arch}", {})[f"{method}@{_name(target)}"] = {**entry, "n_seeds": int(rows["seed"].nunique())}
+    return metrics
+
+
+def write_metrics(summary: pd.DataFrame, path: str | os.PathLike) -> None:
+    from advprune.checkpoint import write_json
+
+    write_json(summary_metrics(summary), path)
+
+
+def write_plot_data(summary: pd.DataFrame, layers: pd.DataFrame, curves: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
+    """robustness/<dataset>_<arch>_<method>.csv (accuracy vs sparsity, seeds averaged, the dense model as the
+    point at sparsity 0), layer_sparsity/<dataset>_<arch>_<method>_s<sparsity>.csv, training/<dataset>_<arch>_seed<seed>_
+    {pretrain | <method>_s<sparsity>_finetune}.csv."""
+    out = Path(out_dir)
+    written = []
+
+    def write(df: pd.DataFrame, *parts: str) -> None:
+        path = out.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(path, index=False)
+        written.append(path)
+
+    if not summary.empty:
+        for (dataset, arch), rows in summary.groupby(["dataset", "arch"], sort=True):
+            means = rows.groupby(["method", "sparsity_target"], as_index=False)[["sparsity_measured", *ACCURACIES]].mean()
+            dense = means[means.method == "dense"]
+            for method, points in means[means.method != "dense"].groupby("method"):
+                write(pd.concat([dense, points]).drop(columns="method").sort_values("sparsity_target"), "robustness", f"{dataset}_{arch}_{method}.csv")
+    if not layers.empty:
+        for (dataset, arch, method, target), rows in layers[layers.method != "dense"].groupby(["dataset", "arch", "method", "sparsity_target"], sort=True):
+            per_layer = rows.groupby(["layer_index", "layer"], as_index=False)["sparsity"].mean()
+            write(per_layer, "layer_sparsity", f"{dataset}_{arch}_{method}_s{_name(target)}.csv")
+    if not curves.empty:
+        for keys, rows in curves.groupby(["dataset", "arch", "seed", "stage", "method", "sparsity_target"], sort=True):
+            dataset, arch, seed, stage, method, target = keys
+            model = "pretrain" if stage == "pretrain" else f"{method}_s{_name(target)}_{stage}"
+            write(rows[[c for c in CURVE_COLUMNS if c in rows]], "training", f"{dataset}_{arch}_seed{seed}_{model}.csv")
+    return written

@@ -1,0 +1,184 @@
+"""`advprune publish` and `advprune restore`: version a finished run with DVC, and bring it back elsewhere
+without recomputing anything. Snakemake stays the only DAG; DVC only stores and compares.
+
+publish: after a complete run, `dvc add` the run's outputs (results/, logs/, the prepared datasets) and a
+snapshot of Snakemake's own provenance (.snakemake/metadata: the params and code each output was made with),
+list the checkpoints as DVC artifacts in dvc.yaml, push everything to the default DVC remote (a local directory
+remote is set up when there is none), and stage exactly the small files for git to commit.
+
+restore: on a fresh clone, `dvc pull`, put Snakemake's provenance back, check that the restored outputs were
+made with this commit's settings and code, then `snakemake --touch` so that modification times follow the DAG
+(DVC does not keep them, and Snakemake would re-run anything whose input looks newer than its output).
+
+Both take the Snakemake options of the run (e.g. `--configfile config/paper/cifar10_resnet18.yaml`) after `--`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REMOTE_NAME = "advprune"
+METADATA = Path(".snakemake/metadata")
+METADATA_SNAPSHOT = Path("results/.snakemake-metadata")  # inside results/, so it travels with results.dvc
+ARTIFACT_STAGES = {"pretrained": "pretrain", "pruned": "prune", "finetuned": "finetune"}
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+def _run(cmd: list[str], capture: bool = False) -> subprocess.CompletedProcess:
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise PublishError(f"`{' '.join(cmd)}` failed:\n{(run.stdout + run.stderr).strip()[-3000:]}")
+    if not capture and run.stdout.strip():
+        print(run.stdout.strip())
+    return run
+
+
+def _tool(name: str) -> str:
+    """dvc/snakemake from the same environment as this Python (the project's .venv), else from PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+def _pending_jobs(snakemake_args: list[str], *extra: str) -> dict[str, int]:
+    """Rule -> count of the jobs a dry run plans ({} = nothing to do)."""
+    out = _run([_tool("snakemake"), "--dry-run", "--cores", "1", *extra, *snakemake_args], capture=True)
+    text = out.stdout + out.stderr
+    if "Job stats:" not in text:
+        return {}
+    table = text.split("Job stats:")[1].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] not in ("total", "all")}
+
+
+def _configfile(snakemake_args: list[str]) -> str:
+    for i, arg in enumerate(snakemake_args):
+        if arg == "--configfile" and i + 1 < len(snakemake_args):
+            return snakemake_args[i + 1]
+        if arg.startswith("--configfile="):
+            return arg.split("=", 1)[1]
+    return "config/config.yaml"
+
+
+def tracked_paths(snakemake_args: list[str]) -> list[Path]:
+    """What the run produced, as DVC tracks it: results/ (checkpoints, records, tables, report), logs/, and the
+    prepared datasets (so a restore need not download them again) when they live inside the repository."""
+    from advprune.config import load_config
+
+    data_root = Path(load_config(_configfile(snakemake_args))["data"]["root"])
+    paths = [Path("results"), Path("logs")]
+    if not data_root.is_absolute() and ".." not in data_root.parts:
+        paths.append(data_root)
+    else:
+        print(f"advprune publish: data.root {data_root} lies outside the repository and is not versioned")
+    return [p for p in paths if p.exists()]
+
+
+def _ensure_remote(url: str | None) -> str:
+    if not Path(".dvc").is_dir():
+        _run([_tool("dvc"), "init", "--quiet"])
+    current = subprocess.run([_tool("dvc"), "config", "core.remote"], capture_output=True, text=True)  # fails when unset
+    if current.returncode == 0 and current.stdout.strip():
+        return current.stdout.strip()
+    url = url or os.environ.get("ADVPRUNE_DVC_REMOTE") or str(Path.cwd().parent / f"{Path.cwd().name}-dvc-remote")
+    if "://" not in url:  # a local directory: absolute, so that clones anywhere on this machine find it
+        url = str(Path(url).expanduser().resolve())
+        Path(url).mkdir(parents=True, exist_ok=True)
+    _run([_tool("dvc"), "remote", "add", "--default", REMOTE_NAME, url])
+    print(f"advprune publish: DVC remote {REMOTE_NAME!r} -> {url} (committed in .dvc/config)")
+    return REMOTE_NAME
+
+
+def artifacts() -> dict:
+    """DVC artifacts (dvc.yaml) for every pretrained, pruned and fine-tuned checkpoint of the run."""
+    found = {}
+    for kind, stage in ARTIFACT_STAGES.items():
+        for path in sorted(Path("results", stage).rglob("model.pt")):
+            parts = path.parent.relative_to(Path("results", stage)).parts  # dataset, arch, seedN[, method, sX]
+            name = "/".join([kind, *parts]).replace(".", "_")
+            labels = [kind, *parts[:2]] + ([parts[3]] if len(parts) > 3 else [])
+            found[name] = {"path": path.as_posix(), "type": "model", "desc": f"{kind} checkpoint {'/'.join(parts)}", "labels": labels}
+    return found
+
+
+def _write_artifacts(found: dict) -> None:
+    """Replace dvc.yaml's `artifacts:` with `found`, keeping the rest of the file and its comments."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    path = Path("dvc.yaml")
+    doc = yaml.load(path.read_text()) if path.exists() else {}
+    doc["artifacts"] = found
+    with open(path, "w") as fh:
+        yaml.dump(doc, fh)
+
+
+def publish(snakemake_args: list[str], remote_url: str | None = None) -> list[str]:
+    """Returns the paths staged in git."""
+    pending = _pending_jobs(snakemake_args)
+    if pending:
+        raise PublishError(f"the run is not complete ({', '.join(f'{r}: {n}' for r, n in pending.items())} to do): finish it with snakemake first")
+    paths = tracked_paths(snakemake_args)
+    remote = _ensure_remote(remote_url)
+    if METADATA_SNAPSHOT.exists():
+        shutil.rmtree(METADATA_SNAPSHOT)
+    if METADATA.is_dir():
+        shutil.copytree(METADATA, METADATA_SNAPSHOT)
+    _write_artifacts(artifacts())
+    _run([_tool("dvc"), "add", "--quiet", *map(str, paths)])
+    _run([_tool("dvc"), "push", "--remote", remote])
+    small = [f"{p}.dvc" for p in paths] + [str(p.parent / ".gitignore") for p in paths] + [".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvcignore", "dvc.yaml"]
+    small = sorted({p for p in small if Path(p).exists()})
+    _run(["git", "add", "--", *small])
+    print("advprune publish: pushed; staged for git:\n  " + "\n  ".join(small) + "\ncommit them, e.g.: git commit -m 'Results of <what you ran>'")
+    return small
+
+
+def restore(snakemake_args: list[str]) -> None:
+    if not list(Path(".").glob("*.dvc")):
+        raise PublishError("no .dvc files here: nothing was published in this commit (advprune publish)")
+    _run([_tool("dvc"), "pull"])
+    if METADATA_SNAPSHOT.is_dir():
+        shutil.copytree(METADATA_SNAPSHOT, METADATA, dirs_exist_ok=True)
+    # Every reason to re-run except modification times: what remains after this is only DVC's fresh mtimes.
+    stale = _pending_jobs(snakemake_args, "--rerun-triggers", "params", "input", "code", "software-env")
+    if stale:
+        raise PublishError(f"the restored results were made with other settings or code than this commit's ({', '.join(f'{r}: {n}' for r, n in stale.items())} "
+                           "would re-run); nothing was touched: run snakemake to recompute them")
+    _run([_tool("snakemake"), "--touch", "--cores", "1", "--quiet", *snakemake_args])
+    left = _pending_jobs(snakemake_args)
+    if left:
+        raise PublishError(f"after touching, snakemake still plans {left}")
+    print("advprune restore: done; `snakemake -n` has nothing to do")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="advprune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    pub = sub.add_parser("publish", help="version the finished run with DVC and push it to the remote")
+    pub.add_argument("--remote-url", help="where to create the DVC remote when the repository has none (default: $ADVPRUNE_DVC_REMOTE, "
+                                          "else the directory <repo>-dvc-remote beside the repository); any DVC URL: s3://, ssh://, ...")
+    sub.add_parser("restore", help="pull a published run and make `snakemake -n` see it as up to date")
+    for sp in sub.choices.values():
+        sp.add_argument("snakemake_args", nargs="*", help="the run's Snakemake options, after --, e.g. -- --configfile config/paper/x.yaml")
+    a = p.parse_args(argv)
+    if not Path("Snakefile").exists():
+        sys.exit("advprune: run this from the repository root (where the Snakefile is)")
+    try:
+        if a.command == "publish":
+            publish(a.snakemake_args, a.remote_url)
+        else:
+            restore(a.snakemake_args)
+    except PublishError as error:
+        sys.exit(f"advprune {a.command}: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Versioning with DVC as a user does it, in a temporary git repository with a local DVC remote: run → publish →
+fresh clone → restore → `snakemake -n` has nothing to do, checkpoints byte-identical; a plotting change re-runs the
+report only; a second run with one config value changed → `dvc metrics diff` shows it."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, copy_repo, env_with_repo, planned
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent  # snakemake, dvc and advprune of this environment
+
+
+def _run(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
+    env = env_with_repo()
+    env["PYTHONPATH"] = str(repo)  # this copy's advprune
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.org")
+    run = subprocess.run(list(cmd), cwd=repo, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, f"{' '.join(cmd)}:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
+    return run
+
+
+def _snakemake(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return _run(repo, str(BIN / "snakemake"), "--cores", "2", "--configfile", "run.yaml", *args)
+
+
+def _hashes(repo: Path) -> dict:
+    files = [p for d in ("results", "resources/data") for p in (repo / d).rglob("*") if p.is_file()]
+    return {p.relative_to(repo).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A run of a tiny config in a fresh git repository, published to a local DVC remote and committed."""
+    root = tmp_path_factory.mktemp("dvc")
+    repo = copy_repo(root / "lab")
+    config = yaml.safe_load((REPO / ".test/config.yaml").read_text())
+    config["pretrain"]["epochs"] = 2
+    config["prune"].update(sparsities=[0.9], methods={"lwm": {}})
+    config["finetune"]["epochs"] = 0
+    config["evaluate"]["n_examples"] = 32
+    (repo / "run.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    _run(repo, "git", "init", "-q", "-b", "main")
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-qm", "code and config")
+    _snakemake(repo)
+    _run(repo, str(BIN / "advprune"), "publish", "--remote-url", str(root / "remote"), "--", "--configfile", "run.yaml")
+    staged = _run(repo, "git", "status", "--porcelain").stdout.splitlines()
+    _run(repo, "git", "commit", "-qm", "results: finetune epochs 0")
+    return root, repo, config, staged
+
+
+def test_publish_stages_exactly_the_small_files(published):
+    _, _, _, staged = published
+    assert sorted(staged) == sorted(f"A  {p}" for p in [".dvc/.gitignore", ".dvc/config", ".dvcignore", "logs.dvc", "resources/.gitignore",
+                                                         "resources/data.dvc", "results.dvc"]) + ["M  dvc.yaml"], staged
+
+
+def test_restore_on_a_fresh_clone_recomputes_nothing(published):
+    root, repo, _, _ = published
+    clone = root / "clone"
+    _run(root, "git", "clone", "-q", str(repo), str(clone))
+    _run(clone, str(BIN / "advprune"), "restore", "--", "--configfile", "run.yaml")
+    assert planned(_snakemake(clone, "-n")) == {}
+    before, after = _hashes(repo), _hashes(clone)
+    assert any(name.endswith("model.pt") for name in before) and after == before  # checkpoints byte-identical
+    assert json.loads((clone / "results/tables/summary.json").read_text())
+
+    # A plotting change re-runs the report from the restored tables, and nothing else.
+    style = clone / "advprune/report/style.py"
+    style.write_text(style.read_text().replace('DENSE_COLOR = "#000000"', 'DENSE_COLOR = "#333333"'))
+    assert planned(_snakemake(clone, "-n")) == {"report": 1, "all": 1}
+    _snakemake(clone)
+    changed = {name for name, digest in _hashes(clone).items() if before.get(name) != digest}
+    assert changed and all(name.startswith(("results/report/", "results/benchmarks/report")) for name in changed), changed
+
+
+def test_two_runs_differing_in_one_value_show_in_dvc_metrics_diff(published):
+    _, repo, config, _ = published
+    config["finetune"]["epochs"] = 2
+    (repo / "run.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert planned(_snakemake(repo, "-n")) == {"finetune": 1, "evaluate": 1, "aggregate": 1, "report": 1, "all": 1}
+    _snakemake(repo)
+    _run(repo, str(BIN / "advprune"), "publish", "--", "--configfile", "run.yaml")
+    _run(repo, "git", "add", "run.yaml")
+    _run(repo, "git", "commit", "-qm", "results: finetune epochs 2")
+    diff = json.loads(_run(repo, str(BIN / "dvc"), "metrics", "diff", "HEAD~1", "HEAD", "--json").stdout)
+    changes = diff["results/tables/summary.json"]
+    changed_keys = {key for key, value in changes.items() if value.get("diff")}
+    assert "digits/small_cnn.lwm@0.9.clean_acc" in changed_keys, changes
+    assert not any(".dense@0." in key for key in changed_keys)  # the dense model did not change
