@@ -80,6 +80,12 @@ def test_restore_on_a_fresh_clone_recomputes_nothing(published):
     changed = {name for name, digest in _hashes(clone).items() if before.get(name) != digest}
     assert changed and all(name.startswith(("results/report/", "results/benchmarks/report")) for name in changed), changed
 
+    # The HTML report from the restored results alone: self-contained, with captions, categories and provenance.
+    _snakemake(clone, "--report", "report.html")
+    html = (clone / "report.html").read_text()
+    assert "<script src=\"http" not in html and "Robustness vs sparsity" in html and "Clean, PGD and AutoAttack accuracy" in html
+    assert "Provenance" in html and "git commit" in html
+
 
 def test_two_runs_differing_in_one_value_show_in_dvc_metrics_diff(published):
     _, repo, config, _ = published
