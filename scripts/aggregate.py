@@ -1,10 +1,14 @@
 """Collect every evaluation record, sensitivity table and training curve into the small tables the report
-reads (results/tables/*.csv), so figures never need the checkpoints."""
+reads (results/tables/*.csv), and the files dvc.yaml declares (summary.json, results/plots/), so figures never
+need the checkpoints."""
 
 import json
 import re
 from pathlib import Path
 
+import pandas as pd
+
+from advprune.dvc_outputs import write_metrics, write_plot_data
 from advprune.entry import parser, write_csv
 from advprune.runtime import setup_logging
 
@@ -57,8 +61,7 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
         provenance.append(_provenance_row(ids, record["provenance"]))
     write_csv(summary, out["summary"])
     write_csv(layers, out["layer_sparsity"])
-    if "provenance" in out:
-        write_csv(provenance, out["provenance"])
+    write_csv(provenance, out["provenance"])
 
     for name, extra in STUDY_COLUMNS.items():
         rows = [_summary_row({**json.loads(Path(r["path"]).read_text()), **r["labels"]}, extra) for r in (studies or {}).get(name, [])]
@@ -84,15 +87,10 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
             curves += [{**_ids(path), "stage": stage, **row} for row in _read_rows(path)]
     write_csv(curves, out["training_curves"])
 
-    # What dvc.yaml declares: the metrics JSON and one CSV per DVC plot (written only when the caller asks).
-    if "metrics" in out:
-        import pandas as pd
-
-        from advprune.dvc_outputs import write_metrics, write_plot_data
-
-        frames = [pd.DataFrame(rows) for rows in (summary, layers, curves)]
-        write_metrics(frames[0], out["metrics"])
-        write_plot_data(*frames, out["plots"])
+    # What dvc.yaml declares: the metrics JSON and one CSV per DVC plot.
+    frames = [pd.DataFrame(rows) for rows in (summary, layers, curves)]
+    write_metrics(frames[0], out["metrics"])
+    write_plot_data(*frames, out["plots"])
 
 
 def cli(argv=None):
