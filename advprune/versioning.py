@@ -102,7 +102,8 @@ def artifacts() -> dict:
     for kind, stage in ARTIFACT_STAGES.items():
         for path in sorted(Path("results", stage).rglob("model.pt")):
             parts = path.parent.relative_to(Path("results", stage)).parts  # dataset, arch, seedN[, method, sX]
-            name = "/".join([kind, *parts]).replace(".", "_")
+            # DVC artifact names allow letters, digits, '-' and '_' ('/' would be read as a dvc.yaml directory)
+            name = "-".join([kind, *parts]).replace(".", "_")
             labels = [kind, *parts[:2]] + ([parts[3]] if len(parts) > 3 else [])
             found[name] = {"path": path.as_posix(), "type": "model", "desc": f"{kind} checkpoint {'/'.join(parts)}", "labels": labels}
     return found
@@ -137,8 +138,9 @@ def publish(snakemake_args: list[str], remote_url: str | None = None) -> list[st
     small = [f"{p}.dvc" for p in paths] + [str(p.parent / ".gitignore") for p in paths] + [".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvcignore", "dvc.yaml"]
     small = sorted({p for p in small if Path(p).exists()})
     _run(["git", "add", "--", *small])
-    print("advprune publish: pushed; staged for git:\n  " + "\n  ".join(small) + "\ncommit them, e.g.: git commit -m 'Results of <what you ran>'")
-    return small
+    staged = _run(["git", "diff", "--cached", "--name-only"], capture=True).stdout.split()
+    print("advprune publish: pushed; staged for git:\n  " + "\n  ".join(staged) + "\ncommit them, e.g.: git commit -m 'Results of <what you ran>'")
+    return staged
 
 
 def restore(snakemake_args: list[str]) -> None:

@@ -72,6 +72,12 @@ def test_restore_on_a_fresh_clone_recomputes_nothing(published):
     assert any(name.endswith("model.pt") for name in before) and after == before  # checkpoints byte-identical
     assert json.loads((clone / "results/tables/summary.json").read_text())
 
+    # Checkpoints are DVC artifacts: versioned with a GTO tag, fetched by name.
+    name = "pruned-digits-small_cnn-seed0-lwm-s0_9"
+    _run(clone, str(BIN / "gto"), "register", name)
+    _run(clone, str(BIN / "dvc"), "artifacts", "get", ".", name, "-o", str(root / "artifact.pt"))
+    assert hashlib.sha256((root / "artifact.pt").read_bytes()).hexdigest() == before["results/prune/digits/small_cnn/seed0/lwm/s0.9/model.pt"]
+
     # A plotting change re-runs the report from the restored tables, and nothing else.
     style = clone / "advprune/report/style.py"
     style.write_text(style.read_text().replace('DENSE_COLOR = "#000000"', 'DENSE_COLOR = "#333333"'))
