@@ -8,6 +8,8 @@ Light on purpose (no torch): the Snakefile imports it while building the DAG.
 from __future__ import annotations
 
 import copy
+import re
+from decimal import Decimal
 from pathlib import Path
 
 import jsonschema
@@ -44,11 +46,46 @@ def _fill_defaults(instance, schema, root):
                 _fill_defaults(instance[key], sub, root)
 
 
+def _resolve(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:
+        target = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        schema = target
+    return schema
+
+
+def _allowed_values(schema: dict, root: dict) -> list | None:
+    """The values an enum-like schema admits (enum, const, null, and oneOf/anyOf of those); None if it admits more."""
+    schema = _resolve(schema, root)
+    if "enum" in schema:
+        return list(schema["enum"])
+    if "const" in schema:
+        return [schema["const"]]
+    if schema.get("type") == "null":
+        return [None]
+    branches = schema.get("oneOf") or schema.get("anyOf")
+    if not branches:
+        return None
+    values = [_allowed_values(branch, root) for branch in branches]
+    return None if any(v is None for v in values) else [x for v in values for x in v]
+
+
+def _as_yaml(value) -> str:
+    """A scalar as it is written in the config file (null, true, false)."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _check(instance, schema, prefix: str = "") -> None:
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(instance))
     if error is None:
         return
     key, message = _path(error), error.message
+    allowed = _allowed_values(error.schema, schema) if error.validator in ("enum", "oneOf", "anyOf") else None
+    if allowed is not None:
+        message = f"{error.instance!r} is not one of: {', '.join(map(_as_yaml, allowed))}"
+    if error.validator == "not" and error.validator_value == {"const": "dense"}:
+        key, message = f"{key}.dense", "the name 'dense' is reserved for the unpruned model's records: give the method another key"
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         # Name the unknown key itself, not its parent.
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
@@ -56,6 +93,74 @@ def _check(instance, schema, prefix: str = "") -> None:
         message = f"unknown key (allowed: {', '.join(error.schema.get('properties', {}))})"
     key = f"{prefix}.{key}" if prefix and key != "<top level>" else (prefix or key)
     raise ConfigError(f"config key '{key}': {message}")
+
+
+def _schema_at(schema: dict, path: tuple, root: dict) -> dict | None:
+    """The schema of the value at `path` (keys and list indices), or None where it cannot be told."""
+    for part in path:
+        schema = _resolve(schema, root)
+        candidates = [schema, *(_resolve(s, root) for s in schema.get("allOf", []))]
+        found = None
+        for node in candidates:
+            if isinstance(part, int) and isinstance(node.get("items"), dict):
+                found = node["items"]
+            elif not isinstance(part, int) and part in node.get("properties", {}):
+                found = node["properties"][part]
+            elif not isinstance(part, int) and isinstance(node.get("additionalProperties"), dict):
+                found = found or node["additionalProperties"]
+        if found is None:
+            return None
+        schema = found
+    return _resolve(schema, root)
+
+
+def _string_leaves(value, path: tuple = ()):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _string_leaves(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _string_leaves(v, (*path, i))
+    elif isinstance(value, str):
+        yield path, value
+
+
+def type_overrides(config: dict, overrides: dict) -> dict:
+    """Give `--config` values the types they would have in a config file. Snakemake reads `key=value` with int,
+    float and bool parsers, and lists and maps with YAML's BaseLoader, which keeps every scalar inside them a
+    string (`seeds=[1]` becomes ['1']): each such string is read again as YAML, except where the schema wants a
+    string. Edits `config` (which already holds the overrides) in place and returns it."""
+    schema = yaml.safe_load((SCHEMA_DIR / "config.schema.yaml").read_text())
+    for path, text in _string_leaves(overrides):
+        node = _schema_at(schema, path, schema)
+        if node is not None and node.get("type") == "string":
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            continue  # left as text: validation names the key
+        target = config
+        try:
+            for part in path[:-1]:
+                target = target[part]
+            target[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue
+    return config
+
+
+# Sparsities name paths (s{sparsity}, see fmt_sparsity); a path component must stay readable.
+SPARSITY_PATTERN = r"[0-9.]+"
+SPARSITY_MAX_DECIMALS = 10
+
+
+def _check_sparsities(config: dict) -> None:
+    keys = [(f"prune.sparsities[{i}]", v) for i, v in enumerate(config["prune"]["sparsities"])]
+    keys += [(f"studies.{name}.sparsity", study["sparsity"]) for name, study in config["studies"].items() if "sparsity" in study]
+    for key, value in keys:
+        text = fmt_sparsity(value)
+        if len(text.partition(".")[2]) > SPARSITY_MAX_DECIMALS:
+            raise ConfigError(f"config key '{key}': {value!r} has more than {SPARSITY_MAX_DECIMALS} decimals (it names the directory s{text})")
 
 
 def validate(config: dict) -> dict:
@@ -73,6 +178,7 @@ def validate(config: dict) -> dict:
         _check({k: v for k, v in spec.items() if k != "finetune"}, method_schemas[name], f"prune.methods.{key}")
         _fill_defaults(spec, method_schemas[name], method_schemas[name])
     _check_studies(config)
+    _check_sparsities(config)
     return config
 
 
@@ -94,16 +200,24 @@ def method_option_schemas() -> dict[str, dict]:
 
 
 def load_config(path: str | Path) -> dict:
-    with open(path) as fh:
-        config = yaml.safe_load(fh)
+    try:
+        with open(path) as fh:
+            config = yaml.safe_load(fh)
+    except OSError as error:
+        raise ConfigError(f"config file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        raise ConfigError(f"config file {path}: not valid YAML{f' (line {where.line + 1})' if where else ''}: {getattr(error, 'problem', None) or error}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: not a YAML mapping")
     return validate(config)
 
 
 def fmt_sparsity(sparsity: float) -> str:
-    """Sparsity as it appears in paths: 0.5 -> '0.5', 0.99 -> '0.99'."""
-    return f"{float(sparsity):g}"
+    """Sparsity as it appears in paths (s{sparsity}): the shortest decimal that reads back as the same float, so
+    distinct values get distinct paths, and never in exponent form, which the wildcard would not match
+    (0.5 -> '0.5', 1e-05 -> '0.00001', 0.12345678 -> '0.12345678', 0 -> '0')."""
+    return format(Decimal(repr(float(sparsity))).normalize(), "f")
 
 
 # --- the settings each stage depends on (its Snakemake params) -------------------------------------------

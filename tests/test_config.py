@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import yaml
 
-from advprune.config import ConfigError, load_config, method_option_schemas, validate
+from advprune.config import ConfigError, fmt_sparsity, load_config, method_option_schemas, type_overrides, validate
 from advprune.data import DATASETS
 from advprune.models import list_models
 from advprune.pruning import list_methods
@@ -29,6 +29,10 @@ BAD = [
     ("unknown method", lambda c: c["prune"]["methods"].update(snip={}), "'prune.methods.snip': unknown pruning method 'snip'"),
     ("bad method option", lambda c: c["prune"]["methods"]["lwm"].update(scope="diagonal"), "'prune.methods.lwm.scope'"),
     ("missing section", lambda c: c.pop("evaluate"), "'evaluate' is a required property"),
+    ("unknown objective", lambda c: c["finetune"].update(objective="adv"), "'finetune.objective': 'adv' is not one of: natural, pgd_at, trades, mart, null"),
+    ("unknown enum in a method", lambda c: c["prune"]["methods"]["lwm"].update(scope="x"), "'prune.methods.lwm.scope': 'x' is not one of: layer, global"),
+    ("method key dense", lambda c: c["prune"]["methods"].update(dense={}), "'prune.methods.dense': the name 'dense' is reserved"),
+    ("sparsity too long for a path", lambda c: c["prune"].update(sparsities=[0.123456789012]), "'prune.sparsities[0]': 0.123456789012 has more than 10 decimals"),
 ]
 
 
@@ -58,6 +62,38 @@ def test_snakemake_stops_before_any_job_and_keeps_results(tmp_path, name, mutate
     assert len(lines) == 1 and lines[0].startswith("advprune: config key ") and message in lines[0]
     assert kept.read_bytes() == b"weights that took a day to train"
     assert not (tmp_path / ".snakemake/log").exists() or not any("Job stats" in p.read_text() for p in (tmp_path / ".snakemake/log").iterdir())
+
+
+@pytest.mark.parametrize("value", [0.5, 0.99, 1e-05, 0.12345678, 0.9000001, 0.1 + 0.2, 2.5e-7])
+def test_a_sparsity_path_reads_back_as_the_same_number(value):
+    text = fmt_sparsity(value)
+    assert float(text) == value and set(text) <= set("0123456789.")
+    assert fmt_sparsity(0.9) != fmt_sparsity(0.9000001)
+
+
+def test_config_overrides_get_the_types_of_a_config_file():
+    # What Snakemake hands over for --config 'seeds=[1]' 'threat_model={norm: Linf, eps: 0.2}' ... (YAML BaseLoader: all strings)
+    overrides = {"seeds": ["1"], "threat_model": {"norm": "Linf", "eps": "0.2"}, "evaluate": {"n_examples": "null"}, "data": {"root": "2024"},
+                 "fast_path": {"channels_last": "false"}}
+    config = _bad(lambda c: None)
+    for key, value in overrides.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    validate(type_overrides(config, overrides))
+    assert config["seeds"] == [1] and config["threat_model"]["eps"] == 0.2 and config["evaluate"]["n_examples"] is None
+    assert config["data"]["root"] == "2024"  # the schema wants a string there
+    assert config["fast_path"]["channels_last"] is False
+
+
+def test_snakemake_accepts_typed_overrides_and_unusual_sparsities(tmp_path):
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / ".test/config.yaml", tmp_path / "config/config.yaml")
+    run = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--snakefile", str(REPO / "Snakefile"), "--config", "seeds=[1]",
+                          "threat_model={norm: Linf, eps: 0.2}", "prune={sparsities: [0.00001, 0.9, 0.9000001]}"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env_with_repo())
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert planned(run)["prune"] == 3 * 3  # .test/config.yaml: lwm, lwm_global, random
+    for name in ("s0.00001", "s0.9.json", "s0.9000001"):
+        assert f"seed1/lwm/{name}" in run.stdout
 
 
 def test_shipped_configs_are_valid():

@@ -6,6 +6,7 @@ from advprune import config as cfg
 from advprune.codehash import code_hash
 
 try:
+    cfg.type_overrides(config, workflow.config_settings.overwrite_config)
     cfg.validate(config)
 except cfg.ConfigError as error:
     # One line naming the key, before any job runs (nothing already computed is touched).
@@ -30,7 +31,7 @@ wildcard_constraints:
     arch="|".join(ARCHS),
     seed=r"\d+",
     method="|".join(["dense", *METHODS]),
-    sparsity=r"[0-9.]+",
+    sparsity=cfg.SPARSITY_PATTERN,
     mode="|".join(cfg.FINETUNE_MODES),
     pre="natural|pgd_at|trades|mart",
     ft="natural|pgd_at|trades|mart",
