@@ -5,6 +5,7 @@ network of the same architecture (which matters once structured pruning has remo
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import statistics
 import time
@@ -98,8 +99,17 @@ def model_statistics(model: nn.Module, input_shape: tuple[int, ...], include_fir
     return stats
 
 
+def to_bits(correct: torch.Tensor) -> str:
+    """Per-point correctness as one '0'/'1' character per point (read back by `advprune.stats.from_bits`)."""
+    return correct.cpu().to(torch.uint8).add(ord("0")).numpy().tobytes().decode("ascii")
+
+
 def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, pgd: dict, autoattack: dict, batch_size: int, fold_batchnorm: bool = True) -> dict:
     """Clean, PGD and AutoAttack accuracy over `split` (an ArraySplit on the model's device).
+
+    `per_point` holds each metric's per-point correctness as a '0'/'1' string in the split's order, and
+    `points_sha256` a hash of the points and labels evaluated: two records with the same hash were evaluated on
+    the same points, so their models can be compared with a paired test (`advprune.stats`).
 
     With `fold_batchnorm`, everything runs on the eval-mode network with BatchNorm folded into the
     convolutions: the same function up to float rounding, with a third fewer kernels per call, which is what
@@ -129,6 +139,7 @@ def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, p
     aa = AutoAttack(model, norm=norm, eps=eps, n_classes=n_classes, version=autoattack.get("version", "standard"), seed=autoattack.get("seed", 0), batch_size=batch_size)
     result = aa(x, y)
     seconds["autoattack"] = time.time() - started
+    points = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes() + y.detach().cpu().numpy().tobytes()).hexdigest()
     return {
         "n_examples": len(y),
         "batchnorm_folded": fold_batchnorm,
@@ -137,4 +148,6 @@ def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, p
         "autoattack_acc": float(result.robust_accuracy),
         "autoattack_breakdown": result.robust_after,
         "attack_seconds": {**seconds, **{f"aa_{k}": v for k, v in result.seconds.items()}},
+        "points_sha256": points,
+        "per_point": {"clean": to_bits(clean.cpu()), "pgd": to_bits(pgd_robust.cpu()), "autoattack": to_bits(result.robust.cpu())},
     }

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 import torch
 import torch.nn as nn
 
@@ -91,3 +93,27 @@ def test_provenance_names_code_config_packages_seed_and_device():
     assert record["config_hash"] == provenance({"lr": 0.1}, 3, torch.device("cpu"))["config_hash"] != provenance({"lr": 0.2}, 3, torch.device("cpu"))["config_hash"]
     assert record["packages"]["torch"].startswith("2.14.1") and record["seed"] == 3 and record["device"] == "cpu" and record["code_hash"] == "abc"
     json.dumps(record)
+
+
+def test_robustness_records_per_point_results_that_give_its_accuracies(digits_dir):
+    from advprune.data import load_split
+    from advprune.evaluation import robustness
+    from advprune.stats import from_bits
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1, (8, 8), width=4)
+    pgd, aa = {"steps": 3, "restarts": 1, "step_size": 0.03}, {"version": "standard", "seed": 0}
+    test = load_split(digits_dir, "test", n=24)
+    scores = robustness(model, test, 10, 0.05, "Linf", pgd, aa, 64)
+    json.dumps(scores)  # the record is JSON
+    bits = {metric: from_bits(s) for metric, s in scores["per_point"].items()}
+    assert set(bits) == {"clean", "pgd", "autoattack"} and all(len(b) == 24 for b in bits.values())
+    for metric, b in bits.items():
+        assert b.mean() == pytest.approx(scores[f"{metric}_acc"]), metric
+    # In the split's order: the clean results are the model's predictions point by point.
+    with torch.no_grad():
+        assert (torch.from_numpy(bits["clean"]) == (model.eval()(test.float_x()).argmax(1) == test.y)).all()
+    assert not (bits["autoattack"] & ~bits["clean"]).any()  # a misclassified point is never robust
+    # Other points give another hash.
+    other = load_split(digits_dir, "val", n=8)
+    assert robustness(model, other, 10, 0.05, "Linf", pgd, aa, 64)["points_sha256"] != scores["points_sha256"]
