@@ -1,13 +1,15 @@
-"""Evaluate one model: clean, PGD and standard AutoAttack accuracy, sparsity, parameters, FLOPs and CPU latency
-against the dense network of its architecture; writes one RobustBench-like JSON record with provenance."""
+"""Evaluate one model: clean, PGD and standard AutoAttack accuracy, verified (IBP / CROWN) accuracy on the same
+points, sparsity, parameters, FLOPs and CPU latency against the dense network of its architecture; writes one
+RobustBench-like JSON record with provenance."""
 
 import time
 
 from advprune.checkpoint import build_dense, load_model, write_json
 from advprune.data import load_meta, load_split
 from advprune.entry import load_config, parser, start_job
-from advprune.evaluation import model_statistics, robustness
+from advprune.evaluation import model_statistics, robustness, to_bits
 from advprune.provenance import provenance
+from advprune.verification import record_fields
 
 
 def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, out_json, threads=1, log=None, code_hash=None, labels=None):
@@ -22,11 +24,15 @@ def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, ou
     stats = model_statistics(model, (meta["channels"], *meta["image_size"]), params["include_first_last"], dense=build_dense(ckpt, device),
                              latency=cfg["latency"])
     scores = robustness(model, split, meta["n_classes"], threat["eps"], threat["norm"], cfg["pgd"], cfg["autoattack"], cfg["batch_size"], cfg["fold_batchnorm"])
+    # certificates on the same points and the same (folded) network as the attacks; null + a log line when off/unsupported
+    verified, certified = record_fields(model, split.float_x(), split.y, threat["eps"], cfg["verify"], cfg["fold_batchnorm"])
+    if certified is not None:
+        scores["per_point"]["verified"] = to_bits(certified)
     record = {
         "dataset": dataset, "arch": arch, "seed": seed, "method": method, "sparsity_target": float(sparsity), **(labels or {}),
         "structured": bool(ckpt.get("structured", False)),
         "threat_model": {"norm": threat["norm"], "eps": threat["eps"]}, "split": cfg["split"],
-        **scores, **stats,
+        **scores, **verified, **stats,
         "wall_time_s": time.time() - started,
         "provenance": provenance(params, seed, device, code_hash),
         "model_provenance": ckpt["meta"].get("provenance"),

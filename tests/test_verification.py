@@ -81,6 +81,13 @@ def test_full_crown_is_sound_and_at_least_as_tight_as_ibp():
     assert (crown_low >= crown_ibp_low - 1e-5).all()  # CROWN intermediate bounds only tighten CROWN-IBP's
 
 
+def test_max_pooling_that_drops_a_row_and_column_is_bounded_soundly():
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1, (7, 7), width=4).eval()  # 7 -> 3: the pools skip the last row/column
+    x, y = torch.rand(4, 1, 7, 7), torch.randint(0, 10, (4,))
+    _assert_within(model, x, y, EPS, intermediate="crown")
+
+
 def test_masked_parametrized_and_physically_smaller_models_are_bounded_soundly():
     x, y = _points()
     masked = _random_model("resnet18")

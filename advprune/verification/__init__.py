@@ -18,6 +18,7 @@ resnet18 and wrn_28_4, masked, parametrized, BatchNorm-folded or physically smal
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -29,7 +30,9 @@ from advprune.verification.graph import UnsupportedModel
 
 METHODS = ("ibp", "crown")
 
-__all__ = ["METHODS", "BoundedModel", "UnsupportedModel", "Verification", "input_box", "margin_bounds", "margin_spec", "verified_accuracy"]
+__all__ = ["METHODS", "BoundedModel", "UnsupportedModel", "Verification", "input_box", "margin_bounds", "margin_spec", "record_fields", "verified_accuracy"]
+
+log = logging.getLogger(__name__)
 
 
 def margin_bounds(bounded: BoundedModel, x: torch.Tensor, y: torch.Tensor, eps: float, method: str, n_classes: int,
@@ -77,3 +80,35 @@ def verified_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
     finally:
         model.train(was_training)
     return Verification(certified, seconds)
+
+
+def record_fields(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, settings: dict | None, fold_batchnorm: bool = True
+                  ) -> tuple[dict, torch.Tensor | None]:
+    """The evaluation record's verification fields on the points (x, y), and the per-point certificates
+    (certified by either method; None when not computed). `settings`: the config's evaluate.verify
+    ({methods, crown_intermediate, batch_size}; None = off). Accuracies of methods that did not run are
+    null, never zero; `verification` says whether and how they were computed."""
+    fields = {f"verified_{m}_acc": None for m in METHODS} | {"verified_acc": None, "verification_seconds": {}}
+    if not settings:
+        reason = "evaluate.verify is null"
+    else:
+        from advprune.attacks.fused import FoldedBatchNorm
+
+        view = FoldedBatchNorm(model).refresh() if fold_batchnorm else model.eval()  # the network the attacks ran on
+        try:
+            result = verified_accuracy(view, x, y, eps, settings["methods"], settings["batch_size"], settings["crown_intermediate"])
+        except UnsupportedModel as error:
+            reason = f"unsupported by the bounds: {error}"
+        else:
+            for method, certified in result.certified.items():
+                fields[f"verified_{method}_acc"] = float(certified.float().mean())
+            fields["verified_acc"] = float(result.either.float().mean())
+            fields["verification_seconds"] = {**result.seconds, "total": sum(result.seconds.values())}
+            fields["verification"] = {"status": "computed", "methods": list(settings["methods"]), "crown_intermediate": settings["crown_intermediate"],
+                                      "batchnorm_folded": fold_batchnorm}
+            log.info("verified %.4f (%s; %.1fs)", fields["verified_acc"],
+                     ", ".join(f"{m} {fields[f'verified_{m}_acc']:.4f}" for m in result.certified), fields["verification_seconds"]["total"])
+            return fields, result.either
+    log.warning("verified accuracy not computed: %s", reason)
+    fields["verification"] = {"status": "not computed", "reason": reason}
+    return fields, None

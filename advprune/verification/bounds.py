@@ -206,7 +206,12 @@ class BoundedModel:
         upper_max = F.max_pool2d(u, k, s)
         others = u.flatten(2).scatter(2, index.flatten(2), float("-inf")).view_as(u)
         dominant = (best_lower >= F.max_pool2d(others, k, s)).to(l.dtype)
-        return index, dominant, upper_max, k
+        # one-hot of each window's chosen element on the input grid (rows/columns left over by the pool: none)
+        height, width = l.shape[-2:]
+        spread = index.repeat_interleave(k[0], -2).repeat_interleave(k[1], -1)
+        spread = F.pad(spread, (0, width - spread.shape[-1], 0, height - spread.shape[-2]), value=-1)
+        chosen = (spread == torch.arange(height * width, device=l.device).view(height, width)).to(l.dtype)
+        return chosen, dominant, upper_max, k
 
     def backward(self, target: int, spec: torch.Tensor, bounds, shapes, bn, need_upper: bool = True):
         """Lower (and upper) bounds of spec @ output(target) over the input box, by CROWN.
@@ -248,13 +253,12 @@ class BoundedModel:
                     push(a_up, src, pos * up_slope + neg * low_slope)
                     bias_up = bias_up + (pos * up_bias).flatten(2).sum(-1)
             elif op.kind == "maxpool":
-                index, dominant, upper_max, k = self._maxpool_relaxation(op, *bounds[src])
-                in_shape = shapes[src]
+                chosen, dominant, upper_max, k = self._maxpool_relaxation(op, *bounds[src])
+                height, width = shapes[src][-2:]
 
-                def unpool(a):
-                    batch, specs = a.shape[:2]
-                    idx = index[:, None].expand_as(a).reshape(batch * specs, *a.shape[2:])
-                    return F.max_unpool2d(a.reshape(batch * specs, *a.shape[2:]), idx, k, k, output_size=in_shape[-2:]).view(batch, specs, *in_shape)
+                def unpool(a):  # each window's coefficient onto its chosen element (deterministic, unlike max_unpool2d)
+                    spread = a.repeat_interleave(k[0], -2).repeat_interleave(k[1], -1)
+                    return F.pad(spread, (0, width - spread.shape[-1], 0, height - spread.shape[-2])) * chosen[:, None]
 
                 dom, loose = dominant[:, None], (1 - dominant)[:, None] * upper_max[:, None]
                 pos, neg = al.clamp(min=0), al.clamp(max=0)
