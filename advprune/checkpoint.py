@@ -7,12 +7,17 @@ A model checkpoint holds everything to rebuild the network without the config:
 layers are narrower than the architecture's, so loading builds the dense architecture, resizes every Conv2d,
 BatchNorm and Linear to the saved shapes, then loads the weights (no pickled modules). Checkpoints written
 before the flag existed read as not structured.
+
+Every checkpoint is read through `load_torch`: a file that cannot be read raises CheckpointError naming the file
+and what is wrong with it (empty, truncated, not a checkpoint, or holding pickled code), never torch's bare
+EOFError, OSError or KeyError.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,15 @@ import torch
 import torch.nn as nn
 
 FORMAT = 1
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: its path, what is wrong with it, and what to do about it."""
+
+    def __init__(self, path, reason: str, remedy: str = ""):
+        super().__init__(f"{path}: {reason}" + (f" ({remedy})" if remedy else ""))
+        self.path, self.reason = str(path), reason
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -45,7 +59,30 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_torch(path: str | os.PathLike, map_location="cpu") -> Any:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise CheckpointError(path, "refused: it holds pickled objects, not only tensors and plain containers (read with weights_only=True)") from error
+        raise CheckpointError(path, _unreadable(path), RECOMPUTE) from error
+    except Exception as error:  # torch reports a torn file as EOFError, OSError, RuntimeError or KeyError
+        raise CheckpointError(path, _unreadable(path), RECOMPUTE) from error
+
+
+RECOMPUTE = "delete it and re-run to recompute it"
+
+
+def _unreadable(path) -> str:
+    """Why a file that torch could not load is not a usable checkpoint."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(ZIP_MAGIC))
+    if not head:
+        return "empty file, not a checkpoint"
+    if head == ZIP_MAGIC:
+        return "truncated or corrupt checkpoint, its zip archive cannot be read"
+    return "not a torch checkpoint"
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
@@ -95,8 +132,9 @@ def save_model(path, model: nn.Module, arch: str, model_options: dict, data_meta
 def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
     """Rebuild the network from a checkpoint; returns (model on `device`, the checkpoint dict)."""
     ckpt = load_torch(path)
-    if ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path}: unsupported checkpoint format {ckpt.get('format')!r}")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(path, f"not a model checkpoint of this project (format {found!r}, expected {FORMAT})")
     model = build_dense(ckpt)
     if ckpt.get("structured", False):
         resize_to_state_dict(model, ckpt["state_dict"])

@@ -76,10 +76,11 @@ def _as_yaml(value) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _check(instance, schema, prefix: str = "") -> None:
+def _first_error(instance, schema) -> tuple[str, str] | None:
+    """(key, message) of the most relevant schema violation, or None."""
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(instance))
     if error is None:
-        return
+        return None
     key, message = _path(error), error.message
     allowed = _allowed_values(error.schema, schema) if error.validator in ("enum", "oneOf", "anyOf") else None
     if allowed is not None:
@@ -91,8 +92,29 @@ def _check(instance, schema, prefix: str = "") -> None:
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         key = extra[0] if key == "<top level>" else f"{key}.{extra[0]}"
         message = f"unknown key (allowed: {', '.join(error.schema.get('properties', {}))})"
+    return key, message
+
+
+def _check(instance, schema, prefix: str = "") -> None:
+    found = _first_error(instance, schema)
+    if found is None:
+        return
+    key, message = found
     key = f"{prefix}.{key}" if prefix and key != "<top level>" else (prefix or key)
     raise ConfigError(f"config key '{key}': {message}")
+
+
+def _schema() -> dict:
+    return yaml.safe_load((SCHEMA_DIR / "config.schema.yaml").read_text())
+
+
+def schema_error(value, *path) -> str | None:
+    """Why `value` may not stand at `path` of a config (e.g. "prune", "sparsities", 0), or None if it may: the
+    entry scripts check their command-line values against the schema the workflow uses."""
+    schema = _schema()
+    node = _schema_at(schema, path, schema)
+    found = _first_error(value, {**node, "$defs": schema["$defs"]})
+    return None if found is None else found[1]
 
 
 def _schema_at(schema: dict, path: tuple, root: dict) -> dict | None:
@@ -130,7 +152,7 @@ def type_overrides(config: dict, overrides: dict) -> dict:
     float and bool parsers, and lists and maps with YAML's BaseLoader, which keeps every scalar inside them a
     string (`seeds=[1]` becomes ['1']): each such string is read again as YAML, except where the schema wants a
     string. Edits `config` (which already holds the overrides) in place and returns it."""
-    schema = yaml.safe_load((SCHEMA_DIR / "config.schema.yaml").read_text())
+    schema = _schema()
     for path, text in _string_leaves(overrides):
         node = _schema_at(schema, path, schema)
         if node is not None and node.get("type") == "string":
@@ -165,7 +187,7 @@ def _check_sparsities(config: dict) -> None:
 
 def validate(config: dict) -> dict:
     """Validate in place, fill defaults, and return the config; raises ConfigError naming the bad key."""
-    schema = yaml.safe_load((SCHEMA_DIR / "config.schema.yaml").read_text())
+    schema = _schema()
     _check(config, schema)
     _fill_defaults(config, schema, schema)
     method_schemas = method_option_schemas()

@@ -1,10 +1,15 @@
-"""What every entry script in scripts/ shares: the CLI skeleton and per-job process setup."""
+"""What every entry script in scripts/ shares: the CLI skeleton and per-job process setup.
+
+Run on its own, a script checks its arguments against the schema the workflow validates the config with, and
+stops on a bad argument or config with one line naming it (no usage block, no traceback) before any work.
+"""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import os
+import sys
 from pathlib import Path
 
 from advprune.runtime import configure_torch, pick_device, setup_logging
@@ -17,10 +22,72 @@ def start_job(log: str | None, threads: int | None, device: str = "auto"):
     return pick_device(device)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
+def schema_arg(*path):
+    """An argparse type: the value read as YAML, checked against the config schema at `path`
+    (e.g. schema_arg("prune", "sparsities", 0) for one sparsity)."""
+
+    def parse(text: str):
+        import yaml
+
+        from advprune.config import schema_error
+
+        try:
+            value = float(text) if _is_float(text) else yaml.safe_load(text)  # YAML 1.1 reads 5e-1 as a string
+        except yaml.YAMLError:
+            value = text
+        problem = schema_error(value, *path)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = ".".join(str(part) for part in path if not isinstance(part, int))
+    return parse
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return not text.strip().lstrip("+-").isdigit()  # integers stay integers (seeds)
+
+
+def fraction(text: str) -> float:
+    """A sparsity label in [0, 1) (0: the dense model)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
+
+
+def existing_file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return text
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = ArgumentParser(description=description)
     p.add_argument("--config", default="config/config.yaml", help="run configuration (validated)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads for torch")
     p.add_argument("--log", default=None, help="also write the log to this file")
     return p
 
@@ -31,10 +98,18 @@ def add_training_outputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", required=True, help="resume state file, kept outside the outputs")
 
 
-def load_config(path: str) -> dict:
+def load_config(path: str, method: str | None = None) -> dict:
+    """The validated config; with `method`, which must be a key of its prune.methods. Exits with one line if not."""
+    from advprune.config import ConfigError
     from advprune.config import load_config as load
 
-    return load(path)
+    try:
+        config = load(path)
+        if method is not None and method not in config["prune"]["methods"]:
+            raise ConfigError(f"--method {method!r} is not a key of prune.methods in {path} (known: {', '.join(config['prune']['methods'])})")
+    except ConfigError as error:
+        sys.exit(f"advprune: {error}")
+    return config
 
 
 def write_csv(rows: list[dict], path: str | os.PathLike, extra: dict | None = None, header: list[str] | None = None) -> None:

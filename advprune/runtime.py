@@ -35,6 +35,21 @@ def setup_logging(log_path: str | os.PathLike | None = None, level: int = loggin
     handler.setFormatter(fmt)
     root.addHandler(handler)
     logging.captureWarnings(True)
+    if log_path:
+        _log_uncaught_exceptions()
+
+
+def _log_uncaught_exceptions() -> None:
+    """A job that fails leaves its error and traceback in its own log (where Snakemake, and SLURM users, send
+    people to look), not only on the console of whoever started the run."""
+    console = sys.__excepthook__
+
+    def hook(kind, error, tb):
+        if not issubclass(kind, KeyboardInterrupt):
+            log.critical("job failed: %s: %s", kind.__name__, error, exc_info=(kind, error, tb))
+        console(kind, error, tb)
+
+    sys.excepthook = hook
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, log_every_s: float = 30.0) -> Iterator[T]:

@@ -41,18 +41,20 @@ def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, ou
 
 
 def cli(argv=None):
+    from advprune.entry import existing_file, fraction, schema_arg
+
     p = parser(__doc__)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--arch", required=True)
-    p.add_argument("--model", required=True, help="checkpoint to evaluate")
+    p.add_argument("--dataset", required=True, type=schema_arg("datasets", 0))
+    p.add_argument("--arch", required=True, type=schema_arg("archs", 0))
+    p.add_argument("--model", required=True, type=existing_file, help="checkpoint to evaluate")
     p.add_argument("--method", default="dense")
-    p.add_argument("--sparsity", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sparsity", type=fraction, default=0.0)
+    p.add_argument("--seed", type=schema_arg("seeds", 0), default=0)
     p.add_argument("--out", required=True, help="JSON record")
     a = p.parse_args(argv)
     from advprune.config import evaluate_params, fetch_params
 
-    config = load_config(a.config)
+    config = load_config(a.config, None if a.method == "dense" else a.method)
     main(a.model, fetch_params(config, a.dataset)["out_dir"], a.dataset, a.arch, a.seed, a.method, a.sparsity, evaluate_params(config), a.out, a.threads, a.log)
 
 

@@ -1,6 +1,5 @@
 """Download (where needed) and prepare one dataset into the pipeline's array format."""
 
-import argparse
 import logging
 
 from advprune.data import DATASETS, prepare_dataset
@@ -16,12 +15,14 @@ def main(dataset, raw_dir, out_dir, val_fraction, split_seed, download, log=None
 
 
 def cli(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
+    from advprune.entry import ArgumentParser, schema_arg
+
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--raw-dir", required=True, help="where downloads and extracted archives live")
     parser.add_argument("--out-dir", required=True, help="where the prepared arrays and meta.json go")
-    parser.add_argument("--val-fraction", type=float, default=0.15, help="share of train carved off as val")
-    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--val-fraction", type=schema_arg("data", "val_fraction"), default=0.15, help="share of train carved off as val")
+    parser.add_argument("--split-seed", type=schema_arg("data", "split_seed"), default=0)
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="fail if raw files are missing instead of downloading them")
     parser.add_argument("--log", help="also log to this file")

@@ -2,7 +2,7 @@
 
 from advprune.checkpoint import load_model, save_model
 from advprune.data import load_meta, load_split
-from advprune.entry import add_training_outputs, load_config, parser, remove_resume_state, start_job, write_csv
+from advprune.entry import add_training_outputs, existing_file, load_config, parser, remove_resume_state, schema_arg, start_job, write_csv
 from advprune.provenance import provenance
 from advprune.training import from_params, train
 
@@ -22,16 +22,16 @@ def main(model_path, data_dir, seed, params, out_model, out_curve, resume_path, 
 
 def cli(argv=None):
     p = parser(__doc__)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--model", required=True, help="pruned checkpoint")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", required=True, type=schema_arg("datasets", 0))
+    p.add_argument("--model", required=True, type=existing_file, help="pruned checkpoint")
+    p.add_argument("--seed", type=schema_arg("seeds", 0), default=0)
     p.add_argument("--method", default=None, help="key of prune.methods whose own fine-tuning override applies")
     p.add_argument("--mode", default=None, choices=["none", "natural", "adversarial"], help="a fine-tuning study mode (replaces the method's)")
     add_training_outputs(p)
     a = p.parse_args(argv)
     from advprune.config import fetch_params, finetune_params
 
-    config = load_config(a.config)
+    config = load_config(a.config, a.method)
     main(a.model, fetch_params(config, a.dataset)["out_dir"], a.seed, finetune_params(config, a.method, a.mode), a.out_model, a.out_curve, a.resume, a.threads, a.log)
 
 

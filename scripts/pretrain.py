@@ -2,7 +2,7 @@
 
 from advprune.checkpoint import save_model
 from advprune.data import load_meta, load_split
-from advprune.entry import add_training_outputs, load_config, parser, remove_resume_state, start_job, write_csv
+from advprune.entry import add_training_outputs, load_config, parser, remove_resume_state, schema_arg, start_job, write_csv
 from advprune.models import build_model
 from advprune.provenance import provenance
 from advprune.runtime import seed_everything
@@ -24,9 +24,9 @@ def main(data_dir, arch, seed, params, out_model, out_curve, resume_path, thread
 
 def cli(argv=None):
     p = parser(__doc__)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--arch", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", required=True, type=schema_arg("datasets", 0))
+    p.add_argument("--arch", required=True, type=schema_arg("archs", 0))
+    p.add_argument("--seed", type=schema_arg("seeds", 0), default=0)
     add_training_outputs(p)
     a = p.parse_args(argv)
     from advprune.config import fetch_params, pretrain_params

@@ -2,7 +2,7 @@
 
 from advprune.checkpoint import build_dense, load_model, save_model, write_json
 from advprune.data import load_meta, load_split
-from advprune.entry import load_config, parser, remove_resume_state, start_job
+from advprune.entry import existing_file, load_config, parser, remove_resume_state, schema_arg, start_job
 from advprune.provenance import provenance
 from advprune.pruning import PruneContext, build_method, layer_sparsity
 from advprune.runtime import seed_everything
@@ -50,19 +50,19 @@ def _read_csv(path):
 
 def cli(argv=None):
     p = parser(__doc__)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--model", required=True, help="pretrained checkpoint")
+    p.add_argument("--dataset", required=True, type=schema_arg("datasets", 0))
+    p.add_argument("--model", required=True, type=existing_file, help="pretrained checkpoint")
     p.add_argument("--method", required=True, help="a key of prune.methods in the config")
-    p.add_argument("--sparsity", type=float, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sensitivity", default=None, help="sensitivity CSV, for methods that use it")
+    p.add_argument("--sparsity", type=schema_arg("prune", "sparsities", 0), required=True)
+    p.add_argument("--seed", type=schema_arg("seeds", 0), default=0)
+    p.add_argument("--sensitivity", default=None, type=existing_file, help="sensitivity CSV, for methods that use it")
     p.add_argument("--out-model", required=True)
     p.add_argument("--out-info", required=True)
     p.add_argument("--resume-prefix", default=None, help="resume states of the method's training phases: PREFIX.<phase>.state.pt")
     a = p.parse_args(argv)
     from advprune.config import fetch_params, prune_params
 
-    config = load_config(a.config)
+    config = load_config(a.config, a.method)
     main(a.model, fetch_params(config, a.dataset)["out_dir"], a.sparsity, a.seed, prune_params(config, a.method), a.out_model, a.out_info, a.sensitivity, a.threads, a.log,
          resume_prefix=a.resume_prefix)
 

@@ -1,7 +1,5 @@
 """Turn the aggregated tables into the report's figures and tables."""
 
-import argparse
-
 from advprune.report import make_report
 from advprune.runtime import setup_logging
 
@@ -12,11 +10,13 @@ def main(tables_dir, out_dir, formats, dpi, log=None):
 
 
 def cli(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
+    from advprune.entry import ArgumentParser, schema_arg
+
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--tables-dir", required=True, help="directory with the CSV tables written by `aggregate`")
     parser.add_argument("--out-dir", required=True, help="report directory; figures/ and tables/ go below it")
-    parser.add_argument("--formats", nargs="+", default=["png", "pdf"], help="figure formats (default: png pdf)")
-    parser.add_argument("--dpi", type=int, default=150, help="resolution of raster figures (default: 150)")
+    parser.add_argument("--formats", nargs="+", type=schema_arg("report", "formats", 0), default=["png", "pdf"], help="figure formats (default: png pdf)")
+    parser.add_argument("--dpi", type=schema_arg("report", "dpi"), default=150, help="resolution of raster figures (default: 150)")
     parser.add_argument("--log", default=None, help="also log to this file")
     args = parser.parse_args(argv)
     main(args.tables_dir, args.out_dir, args.formats, args.dpi, log=args.log)

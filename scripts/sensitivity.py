@@ -3,7 +3,7 @@
 from advprune.attacks import PGD
 from advprune.checkpoint import load_model
 from advprune.data import load_split
-from advprune.entry import load_config, parser, start_job, write_csv
+from advprune.entry import existing_file, load_config, parser, schema_arg, start_job, write_csv
 from advprune.runtime import seed_everything
 from advprune.sensitivity import module_sensitivity
 
@@ -21,9 +21,9 @@ def main(model_path, data_dir, seed, params, out_csv, threads=1, log=None):
 
 def cli(argv=None):
     p = parser(__doc__)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--model", required=True, help="pretrained checkpoint")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", required=True, type=schema_arg("datasets", 0))
+    p.add_argument("--model", required=True, type=existing_file, help="pretrained checkpoint")
+    p.add_argument("--seed", type=schema_arg("seeds", 0), default=0)
     p.add_argument("--out", required=True, help="CSV, one row per module")
     a = p.parse_args(argv)
     from advprune.config import fetch_params, sensitivity_params

@@ -99,3 +99,37 @@ def test_resume_state_from_other_settings_is_not_used(digits_dir, tmp_path):
     train(build_model("small_cnn", 10, 1, (8, 8), width=4), objective, split, split, TrainSettings(epochs=1, batch_size=32, lr=0.1), 0, state)
     curve = train(build_model("small_cnn", 10, 1, (8, 8), width=4), objective, split, split, TrainSettings(epochs=2, batch_size=32, lr=0.2), 0, state)
     assert [row["epoch"] for row in curve] == [1, 2]  # started over, not resumed at epoch 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text"])
+def test_an_unreadable_resume_state_is_moved_aside_and_training_starts_fresh(digits_dir, tmp_path, caplog, damage):
+    split = load_split(digits_dir, "train", n=64)
+    settings = TrainSettings(epochs=2, batch_size=32, lr=0.1)
+    torch.manual_seed(0)
+    fresh = build_model("small_cnn", 10, 1, (8, 8), width=4)
+    train(fresh, build_objective("natural", 0.1, ATTACK), split, split, settings, 0, tmp_path / "fresh.state.pt")
+    state = tmp_path / "state.pt"
+    written = (tmp_path / "fresh.state.pt").read_bytes()
+    state.write_bytes({"truncated": written[: len(written) // 2], "empty": b"", "text": b"epoch: 1\n"}[damage])
+    damaged = state.read_bytes()
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1, (8, 8), width=4)
+    curve = train(model, build_objective("natural", 0.1, ATTACK), split, split, settings, 0, state)
+    assert [row["epoch"] for row in curve] == [1, 2]
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    assert (tmp_path / "state.pt.unreadable").read_bytes() == damaged  # kept for inspection, out of the way
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "moved aside" in warning and str(state) in warning
+
+
+def test_a_prune_phase_with_an_unreadable_resume_state_starts_fresh(digits_dir, tmp_path):
+    from conftest import prune_context, small_model
+
+    context = prune_context(digits_dir, n_train=64, resume_prefix=str(tmp_path / "job"))
+    (tmp_path / "job.scores.state.pt").write_bytes(b"PK\x03\x04torn")
+    curve = context.fit(small_model(), build_objective("natural", 0.1, ATTACK), TrainSettings(epochs=1, batch_size=32, lr=0.1), "scores",
+                        validate_robust=False)
+    assert [row["epoch"] for row in curve] == [1]
+    assert (tmp_path / "job.scores.state.pt.unreadable").read_bytes() == b"PK\x03\x04torn"
+    assert context.resume_states() == [str(tmp_path / "job.scores.state.pt")]  # the fresh one; the damaged file is not removed with it

@@ -4,7 +4,9 @@ Resume: after every epoch the full training state (model, optimizer, scheduler, 
 to `resume_path`, which lies outside Snakemake's declared outputs (Snakemake deletes those when a job fails).
 Every epoch re-seeds the RNGs from (seed, epoch), so a run resumed from epoch k draws exactly the numbers an
 uninterrupted run draws: same seed, same final weights. The state carries a fingerprint of the settings;
-a state written under other settings is ignored rather than resumed.
+a state written under other settings is ignored rather than resumed. A state that cannot be read (a torn copy,
+a full disk) is moved aside to `<resume_path>.unreadable` with a warning and training starts from epoch 0: it
+is never half-used, and it cannot block the job on every re-run.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from advprune.attacks.pgd import PGD
-from advprune.checkpoint import load_torch, save_torch
+from advprune.checkpoint import CheckpointError, load_torch, save_torch
 from advprune.runtime import progress, seed_everything
 from advprune.training.fast import FastPath
 from advprune.training.losses import Objective
@@ -82,6 +84,22 @@ def robust_accuracy(model: nn.Module, split, attack: PGD, batch_size: int = 512)
     return robust / max(len(split), 1)
 
 
+def _read_resume_state(path: str | os.PathLike, desc: str) -> dict | None:
+    """The resume state at `path`, or None when there is none or it is unreadable (then moved aside)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        state = load_torch(path)
+        if not isinstance(state, dict):
+            raise CheckpointError(path, f"not a resume state (a {type(state).__name__})")
+    except CheckpointError as error:
+        aside = f"{path}.unreadable"
+        os.replace(path, aside)
+        log.warning("%s: resume state %s: %s; moved aside to %s, training starts from epoch 0", desc, path, error.reason, aside)
+        return None
+    return state
+
+
 def train(
     model: nn.Module,
     objective: Objective,
@@ -125,8 +143,8 @@ def train(
     curve: list[dict] = []
     start_epoch = 0
     best: dict | None = None  # {"epoch", "value", "model"} for keep_best
-    if os.path.exists(resume_path):
-        state = load_torch(resume_path)
+    state = _read_resume_state(resume_path, desc)
+    if state is not None:
         if state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
