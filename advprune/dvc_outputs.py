@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-ACCURACIES = ["clean_acc", "pgd_acc", "autoattack_acc"]
+# Accuracy columns of the summary, each with a 95 % interval; verified_acc is empty until verification runs.
+ACCURACIES = ["clean_acc", "pgd_acc", "autoattack_acc", "verified_acc"]
 CURVE_COLUMNS = ["epoch", "train_loss", "train_acc", "val_clean_acc", "val_robust_acc"]
 
 
@@ -18,13 +19,28 @@ def _name(value) -> str:
     return f"{float(value):g}"
 
 
+def _intervals(rows: pd.DataFrame) -> dict:
+    """Per accuracy present in `rows` (one row per seed): mean and 95 % interval, `<metric>`, `_lo`, `_hi`
+    (t over seeds, or Wilson over one seed's points); a metric not computed for any seed is left out."""
+    from advprune.stats import accuracy_interval
+
+    out = {}
+    for metric in ACCURACIES:
+        if metric in rows and rows[metric].notna().any():
+            ci = accuracy_interval(rows[metric], rows["n_examples"])
+            out |= {metric: ci.mean, f"{metric}_lo": ci.lo, f"{metric}_hi": ci.hi}
+    return out
+
+
 def summary_metrics(summary: pd.DataFrame) -> dict:
-    """{"<dataset>/<arch>": {"<method>@<sparsity>": {accuracies (mean over seeds), sparsity_measured, n_seeds}}}."""
+    """{"<dataset>/<arch>": {"<method>@<sparsity>": {accuracies (mean over seeds) with `_lo`/`_hi` 95 % interval
+    ends, sparsity_measured, n_seeds}}}."""
     metrics: dict = {}
     if summary.empty:
         return metrics
     for (dataset, arch, method, target), rows in summary.groupby(["dataset", "arch", "method", "sparsity_target"], sort=True):
-        entry = {k: round(float(rows[k].mean()), 6) for k in [*ACCURACIES, "sparsity_measured"]}
+        entry = {k: round(float(v), 6) for k, v in {**_intervals(rows), "sparsity_measured": rows["sparsity_measured"].mean()}.items()
+                 if pd.notna(v)}
         metrics.setdefault(f"{dataset}/{arch}", {})[f"{method}@{_name(target)}"] = {**entry, "n_seeds": int(rows["seed"].nunique())}
     return metrics
 
@@ -36,8 +52,8 @@ def write_metrics(summary: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def write_plot_data(summary: pd.DataFrame, layers: pd.DataFrame, curves: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
-    """robustness/<dataset>_<arch>_<method>.csv (accuracy vs sparsity, seeds averaged, the dense model as the
-    point at sparsity 0), layer_sparsity/<dataset>_<arch>_<method>_s<sparsity>.csv, training/<dataset>_<arch>_seed<seed>_
+    """robustness/<dataset>_<arch>_<method>.csv (accuracy vs sparsity, seeds averaged, with 95 % interval
+    ends, the dense model as the point at sparsity 0), layer_sparsity/<dataset>_<arch>_<method>_s<sparsity>.csv, training/<dataset>_<arch>_seed<seed>_
     {pretrain | <method>_s<sparsity>_finetune}.csv."""
     out = Path(out_dir)
     written = []
@@ -50,7 +66,8 @@ def write_plot_data(summary: pd.DataFrame, layers: pd.DataFrame, curves: pd.Data
 
     if not summary.empty:
         for (dataset, arch), rows in summary.groupby(["dataset", "arch"], sort=True):
-            means = rows.groupby(["method", "sparsity_target"], as_index=False)[["sparsity_measured", *ACCURACIES]].mean()
+            means = pd.DataFrame([{"method": method, "sparsity_target": target, "sparsity_measured": points["sparsity_measured"].mean(),
+                                   **_intervals(points)} for (method, target), points in rows.groupby(["method", "sparsity_target"])])
             dense = means[means.method == "dense"]
             for method, points in means[means.method != "dense"].groupby("method"):
                 write(pd.concat([dense, points]).drop(columns="method").sort_values("sparsity_target"), "robustness", f"{dataset}_{arch}_{method}.csv")

@@ -1,6 +1,11 @@
 """Collect every evaluation record, sensitivity table and training curve into the small tables the report
 reads (results/tables/*.csv), and the files dvc.yaml declares (summary.json, results/plots/), so figures never
-need the checkpoints."""
+need the checkpoints.
+
+Every accuracy comes with its 95 % Wilson interval over the record's test points (`<metric>_lo`, `<metric>_hi`);
+a metric the record lacks (`verified_acc` before verification runs) stays empty, never 0. `per_point.csv` holds
+each record's per-point results (one '0'/'1' string per metric, in the split's order) and the hash of its
+points, which is what paired tests between models need."""
 
 import json
 import re
@@ -8,14 +13,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from advprune.dvc_outputs import write_metrics, write_plot_data
+from advprune.dvc_outputs import ACCURACIES, write_metrics, write_plot_data
 from advprune.entry import parser, write_csv
 from advprune.runtime import setup_logging
+from advprune.stats import wilson
 
 SUMMARY_COLUMNS = ["dataset", "arch", "seed", "method", "impl", "sparsity_target", "sparsity_measured", "params_total", "params_nonzero",
-                   "flops_dense", "flops_effective", "structured", "latency_ms", "latency_dense_ms", "clean_acc", "pgd_acc", "autoattack_acc", "n_examples",
-                   "norm", "eps"]
+                   "flops_dense", "flops_effective", "structured", "latency_ms", "latency_dense_ms",
+                   *[c for m in ACCURACIES for c in (m, f"{m}_lo", f"{m}_hi")], "verified_ibp_acc", "verified_crown_acc", "n_examples",
+                   "norm", "eps", "points_sha256"]
 STUDY_COLUMNS = {"study_finetune": ["finetune_mode"], "study_objectives": ["pretrain_objective", "finetune_objective"]}
+PER_POINT_IDS = ["table", "dataset", "arch", "seed", "method", "impl", "sparsity_target", "finetune_mode", "pretrain_objective",
+                 "finetune_objective", "points_sha256"]
 
 
 def _read_rows(path):
@@ -38,8 +47,18 @@ def _ids(path: str) -> dict:
 
 def _summary_row(record: dict, extra=()) -> dict:
     record = {**record, "norm": record["threat_model"]["norm"], "eps": record["threat_model"]["eps"]}
-    # Optional fields (dense models have no impl; older records no latency) stay empty.
+    for metric in ACCURACIES:
+        if record.get(metric) is not None:
+            # accuracy * n is a count stored as a float32 fraction: round it back to whole points
+            record[f"{metric}_lo"], record[f"{metric}_hi"] = wilson(round(record[metric] * record["n_examples"]), record["n_examples"])
+    # Optional fields (dense models have no impl; older records no latency, per-point results or verification) stay empty.
     return {k: record.get(k) for k in [*SUMMARY_COLUMNS, *extra]}
+
+
+def _per_point_rows(table: str, record: dict) -> list[dict]:
+    """One row per metric of a record's per-point results (none for records written before they existed)."""
+    ids = {k: record.get(k) for k in PER_POINT_IDS} | {"table": table}
+    return [{**ids, "metric": metric, "correct": bits} for metric, bits in (record.get("per_point") or {}).items() if bits is not None]
 
 
 def _provenance_row(ids: dict, prov: dict) -> dict:
@@ -52,10 +71,11 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
     """`studies`: table name (study_finetune, study_objectives) -> [{"path": evaluation record, "labels": its
     variant}] (a study reuses the main pipeline's records where its model is the main one)."""
     setup_logging(log)
-    summary, layers, provenance = [], [], []
+    summary, layers, provenance, per_point = [], [], [], []
     for path in sorted(eval_jsons):
         record = json.loads(Path(path).read_text())
         summary.append(_summary_row(record))
+        per_point += _per_point_rows("summary", record)
         ids = {k: record.get(k) for k in ("dataset", "arch", "seed", "method", "impl", "sparsity_target")}
         layers += [{**ids, **row} for row in record["layers"]]
         provenance.append(_provenance_row(ids, record["provenance"]))
@@ -64,8 +84,10 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
     write_csv(provenance, out["provenance"])
 
     for name, extra in STUDY_COLUMNS.items():
-        rows = [_summary_row({**json.loads(Path(r["path"]).read_text()), **r["labels"]}, extra) for r in (studies or {}).get(name, [])]
-        write_csv(rows, out[name], header=[*SUMMARY_COLUMNS, *extra])
+        records = [{**json.loads(Path(r["path"]).read_text()), **r["labels"]} for r in (studies or {}).get(name, [])]
+        write_csv([_summary_row(record, extra) for record in records], out[name], header=[*SUMMARY_COLUMNS, *extra])
+        per_point += [row for record in records for row in _per_point_rows(name, record)]
+    write_csv(per_point, out["per_point"], header=[*PER_POINT_IDS, "metric", "correct"])
 
     prune_curves = []
     for path in sorted(prune_infos):
@@ -100,7 +122,7 @@ def cli(argv=None):
     p.add_argument("--results", default="results", help="results directory of a finished run")
     a = p.parse_args(argv)
     r = a.results
-    out = {name: f"{r}/tables/{name}.csv" for name in ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves", *STUDY_COLUMNS)}
+    out = {name: f"{r}/tables/{name}.csv" for name in ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves", "per_point", *STUDY_COLUMNS)}
     out |= {"provenance": f"{r}/tables/provenance.csv", "metrics": f"{r}/tables/summary.json", "plots": f"{r}/plots"}
     # Without the workflow only the studies' own records are known (the records they share with the main grid are not).
     studies = {"study_finetune": [{"path": p, "labels": {}} for p in glob.glob(f"{r}/studies/finetune/**/eval.json", recursive=True)],

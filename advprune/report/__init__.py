@@ -23,12 +23,13 @@ FIGURES = {
     "mrpf_sensitivity_vs_sparsity": ("sensitivity", "layer_sparsity"),
     "pwoa_loss_terms": ("prune_curves",),
 }
-# Report table name (built by `tables.BUILDERS`) -> the aggregated table it is built from.
+# Report table name (built by `tables.BUILDERS`) -> the aggregated tables it is built from, in argument order.
 TABLES = {
-    "robustness": "summary",
-    "finetune_study": "study_finetune",
-    "objective_study": "study_objectives",
-    "latency": "summary",
+    "robustness": ("summary",),
+    "finetune_study": ("study_finetune",),
+    "objective_study": ("study_objectives", "per_point"),
+    "latency": ("summary",),
+    "findings": ("summary", "layer_sparsity", "study_finetune", "study_objectives", "prune_curves", "training_curves", "per_point"),
 }
 TABLE_FORMATS = ("csv", "md", "tex")
 
@@ -48,11 +49,13 @@ def make_report(tables_dir: str, out_dir: str, formats=("png", "pdf"), dpi: int 
     """
     import matplotlib
 
-    from . import figures
+    from . import figures, findings, tables
     from .style import RC, no_data_figure, save_figure
-    from .tables import BUILDERS, read_table, write_table
+    from .tables import read_table, write_table
 
-    sources = {s for names in FIGURES.values() for s in names} | set(TABLES.values())
+    builders = {**tables.BUILDERS, **findings.BUILDERS}
+
+    sources = {s for names in (*FIGURES.values(), *TABLES.values()) for s in names}
     data = {name: read_table(tables_dir, name) for name in sorted(sources)}
     written = []
     with matplotlib.rc_context(RC):
@@ -67,11 +70,11 @@ def make_report(tables_dir: str, out_dir: str, formats=("png", "pdf"), dpi: int 
                 fig = no_data_figure(name.replace("_", " "), str(reason))
             written += save_figure(fig, os.path.join(out_dir, "figures", name), formats, dpi)
             log.info("figure %s: wrote %s", name, ", ".join(formats))
-    for name, source in TABLES.items():
-        build, display = BUILDERS[name]
-        table = build(data[source])
+    for name, sources in TABLES.items():
+        build, display = builders[name]
+        table = build(*(data[s] for s in sources))
         if table.empty:
-            log.warning("table %s: no rows (from %s.csv)", name, source)
+            log.warning("table %s: no rows (from %s.csv)", name, sources[0])
         written += write_table(table, os.path.join(out_dir, "tables", name), display)
     log.info("wrote %d report files under %s", len(written), out_dir)
     return written

@@ -6,7 +6,10 @@ Report tables (each built from one aggregated table by the function of the same 
 - objective_study: accuracy kept after 10x compression per pretraining -> fine-tuning objective pair, relative to
   the dense model of the same pretraining objective (Sehwag et al. 2019);
 - latency: size, FLOPs and CPU latency of the structured (physically smaller) models against the dense model.
-Accuracies are in % (mean and sample std over seeds; no std for a single seed).
+- findings: each reproduced paper's headline claim with the numbers that test it and a verdict (`findings.py`).
+Accuracies are in %: the mean over seeds with its 95 % interval, Student-t over the seeds when there are several,
+else the Wilson interval over the test points ("71.3 [66.4, 75.8]" in Markdown and LaTeX; `_lo`, `_hi` columns
+and the sample std `_std` in CSV). An accuracy a record does not have (verification not run) reads "not computed".
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from collections.abc import Callable
 
 import pandas as pd
 
+from advprune.stats import Model, accuracy_interval, bootstrap
+
+from .points import PointIndex
 from .style import DENSE, sort_methods
 
 log = logging.getLogger(__name__)
@@ -44,17 +50,21 @@ INPUT_COLUMNS = {
     "prune_curves": ["dataset", "arch", "seed", "method", "impl", "sparsity_target", "phase", "epoch"],
     "study_finetune": SUMMARY_COLUMNS + ["finetune_mode"],
     "study_objectives": SUMMARY_COLUMNS + ["pretrain_objective", "finetune_objective"],
+    "per_point": ["table", "dataset", "arch", "seed", "method", "sparsity_target", "metric", "correct"],
 }
 # Columns newer aggregates write and older tables lack; a missing one reads as empty (impl: the method key).
-_SUMMARY_OPTIONAL = ("impl", "structured", "latency_ms", "latency_dense_ms")
+_SUMMARY_OPTIONAL = ("impl", "structured", "latency_ms", "latency_dense_ms", "verified_acc", "points_sha256")
 OPTIONAL_COLUMNS = {"summary": _SUMMARY_OPTIONAL, "layer_sparsity": ("impl",),
                     "study_finetune": _SUMMARY_OPTIONAL, "study_objectives": _SUMMARY_OPTIONAL}
 # Free-form names: read back as numbers they would break sorting and labels.
 TEXT_COLUMNS = ("dataset", "arch", "method", "impl", "layer", "module", "stage", "phase", "finetune_mode",
-                "pretrain_objective", "finetune_objective")
+                "pretrain_objective", "finetune_objective", "table", "metric", "points_sha256")
+# Read as text from the start: a string of 0s and 1s read as a number loses its leading zeros.
+_STRING_DTYPES = {"correct": str, "points_sha256": str}
 
 # The accuracy columns of the summary and their display names, in table order.
-METRICS = {"clean_acc": "Clean", "pgd_acc": "PGD", "autoattack_acc": "AutoAttack"}
+METRICS = {"clean_acc": "Clean", "pgd_acc": "PGD", "autoattack_acc": "AutoAttack", "verified_acc": "Verified"}
+NOT_COMPUTED = "not computed"
 KEYS = ["dataset", "arch", "method", "sparsity_target"]
 FINETUNE_MODES = ("none", "natural", "adversarial")
 OBJECTIVES = ("natural", "pgd_at", "trades", "mart")
@@ -66,7 +76,7 @@ def read_table(tables_dir: str, name: str) -> pd.DataFrame:
     path = os.path.join(tables_dir, f"{name}.csv")
     columns = INPUT_COLUMNS[name]
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, dtype=_STRING_DTYPES)
     except (FileNotFoundError, pd.errors.EmptyDataError):
         log.warning("%s is missing or empty; treating it as having no rows", path)
         df = pd.DataFrame(columns=columns)
@@ -121,37 +131,36 @@ def _short(metric: str) -> str:
 
 
 def _accuracy_stats(df: pd.DataFrame, keys: list[str], metrics=METRICS) -> pd.DataFrame:
-    """Seeds, then mean and std (NaN for one seed) in % of each metric, per group of `keys` (NaN keys kept)."""
-    df = df.assign(**{m: 100 * df[m].astype(float) for m in metrics})
-    grouped = df.groupby(keys, sort=False, dropna=False)
-    return grouped.agg(
-        n_seeds=("seed", "nunique"),
-        **{f"{_short(m)}_pct": (m, "mean") for m in metrics},
-        **{f"{_short(m)}_pct_std": (m, "std") for m in metrics},
-    ).reset_index()
+    """Per group of `keys` (NaN keys kept): seeds, then per metric in % the mean over seeds, its 95 % interval
+    (`advprune.stats.accuracy_interval`: t over seeds, or Wilson over one seed's points) and the std (NaN for
+    one seed)."""
+    rows = []
+    for key, group in df.groupby(keys, sort=False, dropna=False):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)), n_seeds=group["seed"].nunique())
+        for m in metrics:
+            values = group[m].astype(float)
+            ci = accuracy_interval(values, group["n_examples"])
+            row |= {f"{_short(m)}_pct": 100 * ci.mean, f"{_short(m)}_pct_lo": 100 * ci.lo, f"{_short(m)}_pct_hi": 100 * ci.hi,
+                    f"{_short(m)}_pct_std": 100 * values.std()}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*keys, "n_seeds", *_metric_columns(metrics)])
 
 
 def _metric_columns(metrics) -> list[str]:
-    return [c for m in metrics for c in (f"{_short(m)}_pct", f"{_short(m)}_pct_std")]
+    return [f"{_short(m)}_pct{suffix}" for m in metrics for suffix in ("", "_lo", "_hi", "_std")]
 
 
 def robustness_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per dataset/arch/method/target sparsity: accuracies in % (mean and std over seeds),
+    """One row per dataset/arch/method/target sparsity: accuracies in % (mean over seeds with 95 % interval),
     measured sparsity in %, nonzero parameters, and the FLOPs reduction factor relative to the dense model."""
-    df = summary.assign(flops_reduction=summary["flops_dense"] / summary["flops_effective"])
-    for col in METRICS:
-        df[col] = 100 * df[col]
-    df["sparsity_measured"] = 100 * df["sparsity_measured"]
-    grouped = df.groupby(KEYS, sort=False)
-    out = grouped.agg(
-        n_seeds=("seed", "nunique"),
+    df = summary.assign(flops_reduction=summary["flops_dense"] / summary["flops_effective"],
+                        sparsity_measured=100 * summary["sparsity_measured"])
+    sizes = df.groupby(KEYS, sort=False).agg(
         sparsity_measured_pct=("sparsity_measured", "mean"),
-        **{f"{_short(m)}_pct": (m, "mean") for m in METRICS},
-        # std is NaN for a single seed, which the text formats print as a plain mean.
-        **{f"{_short(m)}_pct_std": (m, "std") for m in METRICS},
         params_nonzero=("params_nonzero", "mean"),
         flops_reduction=("flops_reduction", "mean"),
     ).reset_index()
+    out = _accuracy_stats(df, KEYS).merge(sizes, on=KEYS, how="left")
     out["sparsity_target_pct"] = 100 * out.pop("sparsity_target")
     out = _sort(out, ["dataset", "arch", "sparsity_target_pct", "method"],
                 {"method": sort_methods(out["method"])})
@@ -187,14 +196,42 @@ def retained_per_seed(study: pd.DataFrame) -> pd.DataFrame:
     return pruned
 
 
-def objective_study_table(study: pd.DataFrame) -> pd.DataFrame:
+def retained_estimate(pruned: pd.DataFrame, dense: pd.DataFrame, metric: str, index: PointIndex,
+                      table: str = "study_objectives"):
+    """Fraction of the dense model's `metric` that the pruned model keeps, as the mean over their common seeds
+    of pruned / dense, with a 95 % bootstrap interval (paired over the test points when both have per-point
+    results on the same points; see `advprune.stats.bootstrap`). None without a common seed or when a dense
+    accuracy is 0 or missing (nothing to retain)."""
+    seeds = sorted(set(pruned["seed"]) & set(dense["seed"]))
+    pruned, dense = pruned[pruned["seed"].isin(seeds)], dense[dense["seed"].isin(seeds)]
+    if not seeds or len(pruned) != len(seeds) or len(dense) != len(seeds) or not (dense[metric].astype(float) > 0).all():
+        return None
+    models = {"pruned": index.model(table, pruned, metric), "dense": index.model(table, dense, metric)}
+    return bootstrap(models, lambda acc: (acc["pruned"] / acc["dense"]).mean(axis=1))
+
+
+def objective_study_table(study: pd.DataFrame, per_point: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per dataset/arch/method/target sparsity/pretraining -> fine-tuning objective: the dense model's
-    accuracy (same pretraining objective), the pruned model's, and the retained fraction in % (mean and std of
-    the per-seed ratios)."""
+    accuracy (same pretraining objective), the pruned model's with its interval, and the retained fraction in %
+    (mean of the per-seed ratios, with the 95 % bootstrap interval of `retained_estimate`, and their std)."""
     per_seed = retained_per_seed(study)
     keys = ["dataset", "arch", "method", "sparsity_target", "pretrain_objective", "finetune_objective"]
     retained = {f"retained_{m}": None for m in RETAINED}
-    out = _accuracy_stats(per_seed, keys, {**RETAINED, **retained})
+    out = _accuracy_stats(per_seed, keys, RETAINED)
+    index = PointIndex(per_point)
+    is_dense = study["method"] == DENSE
+    rows = []
+    for key, group in per_seed.groupby(keys, sort=False, dropna=False):
+        dataset, arch, _, _, pretrain, _ = key
+        dense_rows = study[is_dense & (study["dataset"] == dataset) & (study["arch"] == arch) & (study["pretrain_objective"] == pretrain)]
+        row = {}
+        for m in RETAINED:
+            est = retained_estimate(group, dense_rows, m, index)
+            short = _short(f"retained_{m}")
+            row |= {f"{short}_pct": 100 * est.value if est else math.nan, f"{short}_pct_lo": 100 * est.lo if est else math.nan,
+                    f"{short}_pct_hi": 100 * est.hi if est else math.nan, f"{short}_pct_std": 100 * group[f"retained_{m}"].std()}
+        rows.append(row)
+    out = pd.concat([out, pd.DataFrame(rows, index=out.index, columns=_metric_columns(retained))], axis=1)
     dense = per_seed.groupby(keys, sort=False, dropna=False)[[f"dense_{m}" for m in RETAINED]].mean()
     dense = (100 * dense).rename(columns={f"dense_{m}": f"dense_{_short(m)}_pct" for m in RETAINED})
     out = out.merge(dense.reset_index(), on=keys, how="left")
@@ -258,8 +295,17 @@ def _count(value) -> str:
 Display = Callable[[pd.DataFrame, str, str], tuple[list[str], list[list[str]], int]]
 
 
-def _metric_cells(r, metrics, pm: str) -> list[str]:
-    return [_mean_std(getattr(r, f"{_short(m)}_pct"), getattr(r, f"{_short(m)}_pct_std"), pm) for m in metrics]
+def interval_text(mean: float, lo: float, hi: float, missing: str = NOT_COMPUTED, digits: int = 1) -> str:
+    """"71.3 [66.4, 75.8]"; the mean alone where the interval is unknown; `missing` where the mean is."""
+    m = _num(mean, digits)
+    if m is None:
+        return missing
+    lo, hi = _num(lo, digits), _num(hi, digits)
+    return m if lo is None or hi is None else f"{m} [{lo}, {hi}]"
+
+
+def _metric_cells(r, metrics, pm: str, missing: str = NOT_COMPUTED) -> list[str]:
+    return [interval_text(*(getattr(r, f"{_short(m)}_pct{s}") for s in ("", "_lo", "_hi")), missing) for m in metrics]
 
 
 def robustness_display(table: pd.DataFrame, pm: str, times: str):
@@ -290,7 +336,7 @@ def objective_study_display(table: pd.DataFrame, pm: str, times: str):
     retained = [f"retained_{m}" for m in RETAINED]
     rows = [[r.dataset, r.arch, r.method, _text(r.pretrain_objective), _text(r.finetune_objective),
              f"{r.sparsity_target_pct:g}", str(r.n_seeds), _num(r.dense_clean_pct) or "n/a",
-             _num(r.dense_autoattack_pct) or "n/a", *_metric_cells(r, RETAINED, pm), *_metric_cells(r, retained, pm)]
+             _num(r.dense_autoattack_pct) or "n/a", *_metric_cells(r, RETAINED, pm), *_metric_cells(r, retained, pm, "n/a")]
             for r in table.itertuples(index=False)]
     return header, rows, 5
 

@@ -21,6 +21,8 @@ rule aggregate:
         prune_curves="results/tables/prune_curves.csv",
         study_finetune="results/tables/study_finetune.csv",
         study_objectives="results/tables/study_objectives.csv",
+        # per-point results of every record, for paired tests (findings)
+        per_point="results/tables/per_point.csv",
         provenance=report(
             "results/tables/provenance.csv",
             caption="../report/provenance.rst",

@@ -1,0 +1,66 @@
+"""Per-point results (results/tables/per_point.csv) looked up for rows of the other aggregated tables, as
+`advprune.stats.Model`s for the bootstrap and the paired tests."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from advprune.stats import Model, from_bits
+
+# The columns that identify a record within an aggregated table (absent ones count as empty).
+ID_COLUMNS = ("dataset", "arch", "seed", "method", "sparsity_target", "finetune_mode", "pretrain_objective", "finetune_objective")
+
+
+def _key(table: str, row, metric: str) -> tuple:
+    def value(column):
+        v = row.get(column) if hasattr(row, "get") else getattr(row, column, None)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if column == "seed":
+            return str(int(float(v)))
+        if column == "sparsity_target":
+            return f"{float(v):g}"
+        return str(v)
+    return (table, *(value(c) for c in ID_COLUMNS), metric)
+
+
+class PointIndex:
+    """Per-point results by (table, record identity, metric); empty when per_point.csv has no rows."""
+
+    def __init__(self, per_point: pd.DataFrame | None):
+        self._bits: dict[tuple, np.ndarray] = {}
+        self._hash: dict[tuple, str] = {}
+        if per_point is None:
+            return
+        for row in per_point.to_dict("records"):
+            key = _key(row["table"], row, row["metric"])
+            self._bits[key] = from_bits(str(row["correct"]))
+            self._hash[key] = "" if pd.isna(row.get("points_sha256")) else str(row["points_sha256"])
+
+    def bits(self, table: str, row, metric: str) -> np.ndarray | None:
+        return self._bits.get(_key(table, row, metric))
+
+    def model(self, table: str, rows: pd.DataFrame, metric: str) -> Model:
+        """`rows` (one per seed, in seed order) as a Model: accuracies, point counts, per-point results where
+        known. Per-point results of different points (other hashes) are dropped, so no test pairs them."""
+        rows = rows.sort_values("seed")
+        bits = [self.bits(table, r, metric) for r in rows.to_dict("records")]
+        hashes = {self._hash.get(_key(table, r, metric)) for r in rows.to_dict("records")} - {None, ""}
+        if len(hashes) > 1:
+            bits = [None] * len(bits)
+        return Model([float(v) for v in rows[metric]], [int(n) for n in rows["n_examples"]], bits)
+
+    def same_points(self, table_rows: list[tuple[str, pd.DataFrame]], metric: str) -> bool:
+        """Whether every row of every (table, rows) has per-point results, all for the same points."""
+        hashes, lengths = set(), set()
+        for table, rows in table_rows:
+            for r in rows.to_dict("records"):
+                key = _key(table, r, metric)
+                if key not in self._bits:
+                    return False
+                hashes.add(self._hash.get(key) or "")
+                lengths.add(len(self._bits[key]))
+        return len(lengths) == 1 and len(hashes - {""}) <= 1
