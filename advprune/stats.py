@@ -2,8 +2,8 @@
 
 - :func:`wilson`: the Wilson score interval of one accuracy over n points (better than the normal
   approximation near 0 and 1 and for small n);
-- :func:`accuracy_interval`: mean over seeds with a Student-t interval when there are several seeds, the Wilson
-  interval of the single seed's points otherwise;
+- :func:`accuracy_interval`: mean over seeds with a Student-t interval (clipped to [0, 1]) when there are
+  several seeds, the Wilson interval of the single seed's points otherwise;
 - :func:`mcnemar_exact`: exact McNemar test of two models on the same points (two-sided binomial test on the
   discordant pairs);
 - :func:`paired_bootstrap`: the accuracy difference of two models on the same points with a percentile interval
@@ -78,7 +78,9 @@ def accuracy_interval(accuracies: Sequence[float], n_examples: Sequence[float], 
     if len(acc) == 0:
         return Interval(math.nan, math.nan, math.nan, "none")
     if len(acc) >= 2:
-        return Interval(*t_interval(acc, confidence), "t")
+        mean, lo, hi = t_interval(acc, confidence)
+        # an accuracy lies in [0, 1]; with two or three seeds the t-interval alone often leaves it
+        return Interval(mean, max(lo, 0.0), min(hi, 1.0), "t")
     if np.isnan(n[0]) or n[0] <= 0:
         return Interval(float(acc[0]), math.nan, math.nan, "none")
     lo, hi = wilson(round(acc[0] * n[0]), int(n[0]), confidence)

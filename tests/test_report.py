@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from advprune.report import FIGURES, TABLES, expected_outputs, make_report
-from advprune.report import figures
+from advprune.report import figures, findings
 from advprune.report.style import DENSE_COLOR, FALLBACK_COLORS, KNOWN_COLORS, method_color, method_colors
 from advprune.report.tables import (
     BUILDERS,
@@ -217,11 +217,27 @@ def _study_objectives() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=INPUT_COLUMNS["study_objectives"] + NEW_SUMMARY_COLUMNS)
 
 
+def per_point(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per-point results consistent with the accuracies of every record (its first round(acc * n) points right),
+    all on the same points."""
+    rows = []
+    for table in ("summary", "study_finetune", "study_objectives"):
+        for r in tables[table].to_dict("records"):
+            for metric in ("clean", "pgd", "autoattack"):
+                k = round(r[f"{metric}_acc"] * r["n_examples"])
+                rows.append({"table": table, **{c: r.get(c) for c in ("dataset", "arch", "seed", "method", "impl", "sparsity_target",
+                                                                       "finetune_mode", "pretrain_objective", "finetune_objective")},
+                             "points_sha256": "same", "metric": metric, "correct": "1" * k + "0" * (r["n_examples"] - k)})
+    return pd.DataFrame(rows)
+
+
 def write_tables(directory: Path, **overrides: pd.DataFrame | None) -> Path:
     """Every input table; an override of None leaves that file out."""
     tables = {"summary": _summary(), "layer_sparsity": _layers(), "sensitivity": _sensitivity(),
               "training_curves": _curves(), "prune_curves": _prune_curves(), "study_finetune": _study_finetune(),
-              "study_objectives": _study_objectives(), **overrides}
+              "study_objectives": _study_objectives()}
+    tables["per_point"] = per_point(tables)
+    tables.update(overrides)
     directory.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
         if df is not None:
@@ -230,7 +246,7 @@ def write_tables(directory: Path, **overrides: pd.DataFrame | None) -> Path:
 
 
 ONLY_SUMMARY = dict(layer_sparsity=None, sensitivity=None, training_curves=None, prune_curves=None,
-                    study_finetune=None, study_objectives=None)
+                    study_finetune=None, study_objectives=None, per_point=None)
 
 
 class _Records(logging.Handler):
@@ -268,8 +284,8 @@ def test_writes_every_expected_output(report):
     tmp, written, warnings = report
     expected = expected_outputs(str(tmp / "out"), ("png",))
     assert written == expected
-    assert len(expected) == len(FIGURES) + 3 * len(TABLES) == 9 + 12
-    assert set(TABLES) == set(BUILDERS)
+    assert len(expected) == len(FIGURES) + 3 * len(TABLES) == 9 + 15
+    assert set(TABLES) == set(BUILDERS) | set(findings.BUILDERS)
     for path in expected:
         assert os.path.getsize(path) > 0, path
     _check_images(expected)
@@ -277,7 +293,7 @@ def test_writes_every_expected_output(report):
     assert warnings == []
 
 
-def test_tables_hold_means_and_stds_over_seeds(report):
+def test_tables_hold_means_and_intervals_over_seeds(report):
     tmp, _, _ = report
     md = (tmp / "out/tables/robustness.md").read_text()
     tex = (tmp / "out/tables/robustness.tex").read_text()
@@ -287,11 +303,15 @@ def test_tables_hold_means_and_stds_over_seeds(report):
     assert len(row) == 1
     assert row["clean_pct"].iloc[0] == pytest.approx(82.0)
     assert row["clean_pct_std"].iloc[0] == pytest.approx(2.8284, abs=1e-4)
+    # Two seeds: t(0.975, 1) = 12.706 times the standard error 2, the upper end clipped to 100 %.
+    assert row["clean_pct_lo"].iloc[0] == pytest.approx(82.0 - 12.7062 * 2, abs=1e-3) and row["clean_pct_hi"].iloc[0] == 100
+    assert row["verified_pct"].isna().all()
     assert row["flops_reduction"].iloc[0] == pytest.approx(10.0)
     assert row["params_nonzero"].iloc[0] == 10_000
-    assert ("| digits | small_cnn | lwm | 90 | 90.05 | 2 | 82.00 ± 2.83 | 49.20 ± 1.70 | 45.10 ± 1.56 | 10,000 | 10.0× |"
-            in md)
-    assert r"digits & small\_cnn & lwm & 90 & 90.05 & 2 & 82.00 $\pm$ 2.83 &" in tex
+    # PGD 0.6 and AA 0.55 of clean: means 49.2 and 45.1, half-widths 12.706 * 1.2 and 12.706 * 1.1.
+    assert ("| digits | small_cnn | lwm | 90 | 90.05 | 2 | 82.0 [56.6, 100.0] | 49.2 [34.0, 64.4] | 45.1 [31.1, 59.1] | not computed "
+            "| 10,000 | 10.0× |" in md)
+    assert r"digits & small\_cnn & lwm & 90 & 90.05 & 2 & 82.0 [56.6, 100.0] &" in tex
     assert r"lwm\_global" in tex and "lwm_global" not in tex
     assert tex.startswith(r"\begin{tabular}") and r"\toprule" in tex and r"\bottomrule" in tex
     assert r"Clean acc. (\%)" in tex
@@ -317,7 +337,7 @@ def test_finetune_study_table_has_a_row_per_criterion_and_mode(report):
     assert (row["sparsity_target_pct"], row["n_seeds"]) == (90, 2)
     assert row["clean_pct"] == pytest.approx(66.0) and row["clean_pct_std"] == pytest.approx(1.4142, abs=1e-4)
     assert row["autoattack_pct"] == pytest.approx(33.0) and row["autoattack_pct_std"] == pytest.approx(0.7071, abs=1e-4)
-    assert "| digits | small_cnn | random | adversarial | 90 | 2 | 66.00 ± 1.41 |" in md
+    assert "| digits | small_cnn | random | adversarial | 90 | 2 | 66.0 [53.3, 78.7] |" in md
     assert "| digits | small_cnn | dense | – | 0 | 2 |" in md
     assert r"digits & small\_cnn & l1\_filter & natural & 90 & 2 &" in tex and "dense & -- & 0" in tex
     assert md.count("\n") == 2 + len(csv)
@@ -351,9 +371,16 @@ def test_objective_study_retains_against_the_dense_model_of_the_same_pretraining
     # pgd_at -> natural keeps 72/80 = 90 % of the PGD-AT dense model's clean accuracy (seed 0); against the
     # natural dense model it would be 72/95.
     assert _expected_retained("pgd_at", "natural", 0) == pytest.approx(100 * (0.90 + 0.74 / 0.82) / 2)
-    assert "| digits | small_cnn | lwm | pgd_at | natural | 90 | 2 | 81.00 | 40.00 |" in md
-    assert "| 95.06 ± 0.09 | 90.00 ± 0.00 |" in md
-    assert "| natural | pgd_at | 90 | 2 | 96.00 | 0.00 | 71.00 ± 1.41 | 30.00 ± 0.00 | 73.96 ± 0.38 | n/a |" in md
+    assert "| digits | small_cnn | lwm | pgd_at | natural | 90 | 2 | 81.00 | 40.00 | 73.0 [60.3, 85.7] | 2.0 [2.0, 2.0] | 90.1 [" in md
+    assert "| natural | pgd_at | 90 | 2 | 96.00 | 0.00 | 71.0 [58.3, 83.7] | 30.0 [30.0, 30.0] | 74.0 [" in md
+    assert md.count("| n/a |") == 2 * 2  # the naturally pretrained pairs: no robust accuracy to retain
+    # The retained intervals (bootstrap over the shared points and the seeds) hold the retained fraction.
+    retained = csv.dropna(subset=["retained_autoattack_pct"])
+    for m in ("clean", "autoattack"):
+        rows = csv.dropna(subset=[f"retained_{m}_pct"])
+        assert (rows[f"retained_{m}_pct_lo"] <= rows[f"retained_{m}_pct"] + 1e-9).all()
+        assert (rows[f"retained_{m}_pct"] <= rows[f"retained_{m}_pct_hi"] + 1e-9).all()
+    assert (retained["retained_autoattack_pct_hi"] > retained["retained_autoattack_pct_lo"]).any()
 
 
 def test_objective_study_without_a_dense_model_shows_na():
@@ -363,7 +390,7 @@ def test_objective_study_without_a_dense_model_shows_na():
     trades = table[table["pretrain_objective"] == "trades"]
     assert len(trades) == 2 and trades["retained_clean_pct"].isna().all() and trades["dense_clean_pct"].isna().all()
     assert table[table["pretrain_objective"] != "trades"]["retained_clean_pct"].notna().all()
-    assert "| trades | trades | 90 | 2 | n/a | n/a | 75.00 ± 1.41 | 40.00 ± 0.00 | n/a | n/a |" in to_markdown(
+    assert "| trades | trades | 90 | 2 | n/a | n/a | 75.0 [62.3, 87.7] | 40.0 [40.0, 40.0] | n/a | n/a |" in to_markdown(
         table, objective_study_display)
     fig = figures.objective_study(study)
     ax = fig.axes[0]
@@ -534,6 +561,8 @@ def test_single_seed_shows_no_std():
     table = robustness_table(summary[summary["seed"] == 0])
     assert (table["n_seeds"] == 1).all()
     assert "±" not in to_markdown(table) and r"\pm" not in to_latex(table)
+    # One seed: the Wilson interval over its 500 points (lwm at 90 %: 400 right).
+    assert "| digits | small_cnn | lwm | 90 | 90.00 | 1 | 80.0 [76.3, 83.3] |" in to_markdown(table)
 
 
 def test_reruns_are_byte_identical(tmp_path):

@@ -30,6 +30,9 @@ def test_t_interval_over_seeds():
 def test_accuracy_interval_is_t_over_seeds_or_wilson_for_one_seed():
     several = accuracy_interval([0.70, 0.74, 0.72], [100, 100, 100])
     assert (several.basis, several.mean) == ("t", pytest.approx(0.72)) and several.lo == pytest.approx(0.670317, abs=1e-6)
+    # Two seeds: t(0.975, 1) = 12.706, so 0.80 and 0.84 give 0.82 ± 0.254, clipped to at most 1.
+    assert accuracy_interval([0.80, 0.84], [100, 100]).hi == 1.0
+    assert accuracy_interval([0.80, 0.84], [100, 100]).lo == pytest.approx(0.82 - 12.7062 * 0.02, abs=1e-4)
     one = accuracy_interval([0.7], [10])
     assert one.basis == "wilson" and (one.lo, one.hi) == pytest.approx((0.3968, 0.8922), abs=1e-4)
     # A float accuracy (0.7 * 10 = 6.999...) counts 7 points.

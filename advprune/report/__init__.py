@@ -18,7 +18,7 @@ FIGURES = {
     "sensitivity": ("sensitivity",),
     "training_curves": ("training_curves",),
     "finetune_study": ("study_finetune",),
-    "objective_study": ("study_objectives",),
+    "objective_study": ("study_objectives", "per_point"),
     "harp_layer_rates": ("layer_sparsity",),
     "mrpf_sensitivity_vs_sparsity": ("sensitivity", "layer_sparsity"),
     "pwoa_loss_terms": ("prune_curves",),

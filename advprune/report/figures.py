@@ -3,8 +3,12 @@ that order) and returned as an unsaved Figure.
 
 Every function expects non-empty tables (`make_report` draws a "no data" figure otherwise) and raises `NoData`
 when they hold nothing it can draw (no HARP model, say). Panels are laid out one row per (dataset, arch) or finer.
-Curves, points and bars are means over seeds; error bars and bands are one standard deviation, drawn only where
-there is more than one seed.
+Curves, points and bars are means over seeds. Accuracies on the test points (robustness vs sparsity, the two
+studies) carry 95 % intervals: Student-t over seeds when there are several, else Wilson over the test points
+(`advprune.stats.accuracy_interval`); retained fractions a bootstrap interval (`tables.retained_estimate`). The
+other error bars and bands (training curves, per-layer sparsity, loss terms) are one standard deviation over
+seeds, drawn only where there is more than one seed. A verified-accuracy panel appears once records have
+`verified_acc`.
 
 Choices in the study figures:
 - harp_layer_rates compares HARP's per-layer density with the flat line at 1 - target: under the uniform
@@ -39,7 +43,9 @@ from .style import (
     sort_methods,
     sparsity_axis,
 )
-from .tables import FINETUNE_MODES, METRICS, OBJECTIVES, RETAINED, ordered, retained_per_seed
+from advprune.stats import accuracy_interval
+
+from .tables import FINETUNE_MODES, METRICS, OBJECTIVES, RETAINED, objective_study_table, ordered
 
 NEUTRAL = "#4d4d4d"  # for bars that belong to no method
 # Increasing training effort in increasingly dark blues; method colours are kept for methods.
@@ -78,6 +84,25 @@ def _mean_std(df: pd.DataFrame, by, col: str, scale: float = 1.0) -> pd.DataFram
     return (scale * df.groupby(by)[col].agg(["mean", "std"])).sort_index()
 
 
+def _mean_ci(df: pd.DataFrame, by, metric: str) -> pd.DataFrame:
+    """Mean accuracy in % over seeds with its 95 % interval (`lo`, `hi`), indexed by `by`, sorted."""
+    rows = {key: accuracy_interval(g[metric], g["n_examples"]) for key, g in df.groupby(by)}
+    return pd.DataFrame({"mean": [100 * ci.mean for ci in rows.values()], "lo": [100 * ci.lo for ci in rows.values()],
+                         "hi": [100 * ci.hi for ci in rows.values()]}, index=list(rows)).sort_index()
+
+
+def _yerr(stats: pd.DataFrame):
+    """Asymmetric error bars from `lo`/`hi` (none where the interval is unknown)."""
+    if stats["lo"].isna().all():
+        return None
+    return np.vstack([(stats["mean"] - stats["lo"]).fillna(0).clip(lower=0), (stats["hi"] - stats["mean"]).fillna(0).clip(lower=0)])
+
+
+def _computed(df: pd.DataFrame, metrics: dict) -> dict:
+    """The metrics some row has (verified accuracy only once verification ran)."""
+    return {m: name for m, name in metrics.items() if m in df and df[m].notna().any()}
+
+
 def _line_band(ax: Axes, stats: pd.DataFrame, **style) -> None:
     ax.plot(stats.index, stats["mean"], **style)
     if stats["std"].notna().any():
@@ -85,10 +110,13 @@ def _line_band(ax: Axes, stats: pd.DataFrame, **style) -> None:
                         color=style["color"], alpha=0.15, linewidth=0)
 
 
-def _dense_reference(ax: Axes, mean: float, std: float) -> None:
+def _dense_reference(ax: Axes, mean: float, std: float, lo: float | None = None, hi: float | None = None) -> None:
+    """Dashed line at the dense model's mean; a band over its interval [lo, hi] where given, else ± std."""
     ax.axhline(mean, color=DENSE_COLOR, linestyle="--", linewidth=1.2, zorder=1)
-    if std > 0:
-        ax.axhspan(mean - std, mean + std, color=DENSE_COLOR, alpha=0.07, linewidth=0, zorder=0)
+    if lo is None or np.isnan(lo):
+        lo, hi = (mean - std, mean + std) if std > 0 else (None, None)
+    if lo is not None:
+        ax.axhspan(lo, hi, color=DENSE_COLOR, alpha=0.07, linewidth=0, zorder=0)
 
 
 def _empty_panel(ax: Axes, title: str) -> None:
@@ -112,18 +140,20 @@ def _categorical_x(ax: Axes, names: list[str], xlabel: str) -> None:
 
 def robustness_vs_sparsity(summary: pd.DataFrame) -> Figure:
     panels = _panels(summary)
-    fig, axes = new_figure(len(panels), len(METRICS))
+    metrics = _computed(summary, METRICS)
+    fig, axes = new_figure(len(panels), len(metrics))
     for row, ((dataset, arch), df) in enumerate(panels):
         targets = sorted(df.loc[df["method"] != DENSE, "sparsity_target"].unique())
-        for col, (metric, name) in enumerate(METRICS.items()):
+        for col, (metric, name) in enumerate(metrics.items()):
             ax = axes[row, col]
             for method in sort_methods(df["method"]):
-                stats = _mean_std(df[df["method"] == method], "sparsity_target", metric, 100)
-                if method == DENSE:
-                    _dense_reference(ax, stats["mean"].iloc[0], np.nan_to_num(stats["std"].iloc[0]))
+                stats = _mean_ci(df[df["method"] == method].dropna(subset=[metric]), "sparsity_target", metric)
+                if stats.empty:
                     continue
-                has_std = stats["std"].notna().any()
-                ax.errorbar(100 * stats.index, stats["mean"], yerr=stats["std"].fillna(0) if has_std else None,
+                if method == DENSE:
+                    _dense_reference(ax, stats["mean"].iloc[0], 0.0, stats["lo"].iloc[0], stats["hi"].iloc[0])
+                    continue
+                ax.errorbar(100 * stats.index, stats["mean"], yerr=_yerr(stats),
                             color=method_color(method), marker=method_marker(method), markersize=5,
                             capsize=3, linewidth=1.4, label=method)
             if targets:
@@ -133,7 +163,7 @@ def robustness_vs_sparsity(summary: pd.DataFrame) -> Figure:
             ax.set_xlabel("Target sparsity (%)")
             ax.set_ylabel(f"{name} accuracy (%)")
     _legend(fig, method_handles(summary["method"]))
-    fig.suptitle("Accuracy vs. sparsity (dashed: dense model; x axis ∝ −log(1 − sparsity))")
+    fig.suptitle("Accuracy vs. sparsity, 95 % intervals (dashed and band: dense model; x axis ∝ −log(1 − sparsity))")
     return fig
 
 
@@ -262,15 +292,14 @@ def training_curves(curves: pd.DataFrame) -> Figure:
 
 
 def _bar_group(ax: Axes, n_groups: int, k: int, n_bars: int, stats: pd.DataFrame, color: str, label: str) -> None:
-    """Bar k of n_bars in each of n_groups groups centred on 0, 1, ...; error bars only with a std; "n/a" where
-    the mean is NaN."""
+    """Bar k of n_bars in each of n_groups groups centred on 0, 1, ...; error bars over [lo, hi] where known;
+    "n/a" where the mean is NaN."""
     width = 0.8 / n_bars
     x = np.arange(n_groups) + width * (k - (n_bars - 1) / 2)
     drawn = stats["mean"].notna().to_numpy()  # a NaN bar would spoil the axis limits
     stats = stats[drawn]
-    has_std = stats["std"].notna().any()
     ax.bar(x[drawn], stats["mean"], 0.92 * width, color=color, label=label, zorder=2,
-           yerr=stats["std"].fillna(0) if has_std else None, capsize=2, error_kw={"linewidth": 0.8})
+           yerr=_yerr(stats) if len(stats) else None, capsize=2, error_kw={"linewidth": 0.8})
     for xi in x[~drawn]:
         ax.text(xi, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="0.4",
                 transform=ax.get_xaxis_transform())
@@ -301,9 +330,10 @@ def finetune_study(study: pd.DataFrame) -> Figure:
         for col, (metric, name) in enumerate(metrics.items()):
             ax = axes[row, col]
             if not dense.empty:
-                _dense_reference(ax, 100 * dense[metric].mean(), np.nan_to_num(100 * dense[metric].std()))
+                ci = accuracy_interval(dense[metric], dense["n_examples"])
+                _dense_reference(ax, 100 * ci.mean, 0.0, 100 * ci.lo, 100 * ci.hi)
             for k, mode in enumerate(modes):
-                stats = _mean_std(df[df["finetune_mode"] == mode], "method", metric, 100).reindex(criteria)
+                stats = _mean_ci(df[df["finetune_mode"] == mode], "method", metric).reindex(criteria)
                 _bar_group(ax, len(criteria), k, len(modes), stats, category_color(mode, FINETUNE_MODE_COLORS), mode)
             _bar_axis(ax, criteria, "Pruning criterion")
             threat = "" if metric == "clean_acc" else f" ({_threat(df)})"
@@ -313,41 +343,45 @@ def finetune_study(study: pd.DataFrame) -> Figure:
     if (study["method"] == DENSE).any():
         handles.append(Line2D([], [], color=DENSE_COLOR, linestyle="--", label="dense"))
     _legend(fig, handles, title="Fine-tuning")
-    fig.suptitle("Pruning criterion vs. fine-tuning after pruning (bars: mean over seeds, ±1 std)")
+    fig.suptitle("Pruning criterion vs. fine-tuning after pruning (bars: mean over seeds, 95 % interval)")
     return fig
 
 
-def objective_study(study: pd.DataFrame) -> Figure:
+def objective_study(study: pd.DataFrame, per_point: pd.DataFrame | None = None) -> Figure:
     """Per pretraining -> fine-tuning pair: % of the dense model's (same pretraining objective) clean and
-    AutoAttack accuracy kept after pruning."""
-    per_seed = retained_per_seed(study)
-    if per_seed.empty:
+    AutoAttack accuracy kept after pruning, with the bootstrap interval of `objective_study_table`."""
+    table = objective_study_table(study, per_point)
+    table = table[table["method"] != DENSE]
+    if table.empty:
         raise NoData("study_objectives.csv has no pruned models")
-    panels = list(per_seed.groupby(["dataset", "arch", "method", "sparsity_target"], sort=True))
+    panels = list(table.groupby(["dataset", "arch", "method", "sparsity_target_pct"], sort=True))
     n_pairs = max(len(df[["pretrain_objective", "finetune_objective"]].drop_duplicates()) for _, df in panels)
     fig, axes = new_figure(len(panels), 1, panel_w=max(8.0, 0.7 * n_pairs + 3.0), panel_h=3.2)
-    for row, ((dataset, arch, method, target), df) in enumerate(panels):
+    for row, ((dataset, arch, method, target_pct), df) in enumerate(panels):
         ax = axes[row, 0]
         pairs = [(p, f) for p in ordered(df["pretrain_objective"], OBJECTIVES)
                  for f in ordered(df[df["pretrain_objective"] == p]["finetune_objective"], OBJECTIVES)]
-        pair = df["pretrain_objective"] + " → " + df["finetune_objective"]
         names = [f"{p} → {f}" for p, f in pairs]
+        df = df.set_index(df["pretrain_objective"] + " → " + df["finetune_objective"])
         ax.axhline(100, color=DENSE_COLOR, linestyle="--", linewidth=1.2, zorder=1)
         for k, metric in enumerate(RETAINED):
-            stats = _mean_std(df.assign(pair=pair), "pair", f"retained_{metric}", 100).reindex(names)
+            short = f"retained_{metric.removesuffix('_acc')}_pct"
+            stats = df[[short, f"{short}_lo", f"{short}_hi"]].set_axis(["mean", "lo", "hi"], axis=1).reindex(names)
             _bar_group(ax, len(names), k, len(RETAINED), stats, RETAINED_COLORS[metric], RETAINED[metric])
         _bar_axis(ax, names, "Pretraining → fine-tuning objective")
         for label, (p, f) in zip(ax.get_xticklabels(), pairs):
             # Sehwag et al.: the matched pairs are the ones expected to keep the most.
             label.set_fontweight("bold" if p == f else "normal")
+        target = target_pct / 100
+        threat = _threat(study[(study["dataset"] == dataset) & (study["arch"] == arch)])
         ax.set_title(f"{dataset} / {arch}: {method} at {pct_label(target)}% sparsity "
-                     f"({compression_label(target)} compression)\nrobust: AutoAttack, {_threat(df)}")
+                     f"({compression_label(target)} compression)\nrobust: AutoAttack, {threat}")
         ax.set_ylabel("Accuracy retained (% of dense)")
     _legend(fig, [Patch(color=RETAINED_COLORS[m], label=RETAINED[m]) for m in RETAINED]
             + [Line2D([], [], color=DENSE_COLOR, linestyle="--", label="dense (100 %)"),
                Line2D([], [], linestyle="none", label="n/a: no dense model,\nor its accuracy is 0")], title="Accuracy")
     fig.suptitle("Accuracy kept after pruning, in % of the dense model\n"
-                 "with the same pretraining objective (bold: matched pairs)")
+                 "with the same pretraining objective (bold: matched pairs; 95 % bootstrap intervals)")
     return fig
 
 

@@ -134,6 +134,7 @@ def _accuracy_stats(df: pd.DataFrame, keys: list[str], metrics=METRICS) -> pd.Da
     """Per group of `keys` (NaN keys kept): seeds, then per metric in % the mean over seeds, its 95 % interval
     (`advprune.stats.accuracy_interval`: t over seeds, or Wilson over one seed's points) and the std (NaN for
     one seed)."""
+    df = df.assign(**{m: math.nan for m in metrics if m not in df})  # not in the records: not computed
     rows = []
     for key, group in df.groupby(keys, sort=False, dropna=False):
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,)), n_seeds=group["seed"].nunique())
