@@ -234,7 +234,7 @@ REPORT_FIGURES = {
     "mrpf_sensitivity_vs_sparsity": ("Methods", "MRPF"),
     "pwoa_loss_terms": ("Methods", "PwoA"),
 }
-REPORT_TABLES = {"robustness": "Results", "latency": "Results", "finetune_study": "Studies", "objective_study": "Studies"}
+REPORT_TABLES = {"robustness": "Results", "latency": "Results", "finetune_study": "Studies", "objective_study": "Studies", "findings": "Findings"}
 
 
 def annotated_report_outputs():
