@@ -699,3 +699,49 @@ def test_cli(tmp_path):
     for path in expected_outputs(str(out), ("png", "svg")):
         assert os.path.getsize(path) > 0, path
     assert f"wrote {2 * len(FIGURES) + 3 * len(TABLES)} report files" in log.read_text()
+
+
+def _record(method, sparsity, clean, aa, per_point=True, **extra):
+    """A minimal evaluation record over 50 points: the first round(acc * 50) points right."""
+    bits = {m: "1" * round(50 * acc) + "0" * (50 - round(50 * acc)) for m, acc in (("clean", clean), ("pgd", aa), ("autoattack", aa))}
+    return {"dataset": "digits", "arch": "small_cnn", "seed": 0, "method": method, "impl": method, "sparsity_target": sparsity,
+            "threat_model": {"norm": "Linf", "eps": 0.1}, "n_examples": 50, "clean_acc": clean, "pgd_acc": aa, "autoattack_acc": aa,
+            "sparsity_measured": sparsity, "params_total": 100, "params_nonzero": 50, "flops_dense": 10, "flops_effective": 5,
+            "layers": [{"layer": "fc", "layer_index": 0, "n_params": 100, "sparsity": sparsity}], "provenance": {"git_sha": "x"},
+            **({"per_point": bits, "points_sha256": "h"} if per_point else {}), **extra}
+
+
+def test_aggregate_writes_intervals_and_per_point_results(tmp_path):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("aggregate", REPO / "scripts/aggregate.py")
+    aggregate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(aggregate)
+    paths = []
+    # An older record without per-point results, one with them (float32 accuracy, as torch writes it), one verified.
+    for name, record in (("dense", _record("dense", 0.0, 0.9, 0.6, per_point=False)),
+                         ("lwm", _record("lwm", 0.9, 0.699999988079071, 0.3)),
+                         ("hydra", _record("hydra", 0.9, 0.8, 0.5, verified_acc=0.4))):
+        path = tmp_path / f"eval/digits/small_cnn/seed0/{name}/s0.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(record))
+        paths.append(str(path))
+    out = {name: str(tmp_path / f"tables/{name}.csv") for name in ("summary", "layer_sparsity", "sensitivity", "training_curves",
+                                                                    "prune_curves", "per_point", "provenance", *aggregate.STUDY_COLUMNS)}
+    out |= {"metrics": str(tmp_path / "tables/summary.json"), "plots": str(tmp_path / "plots")}
+    aggregate.main(paths, [], [], [], out)
+    summary = pd.read_csv(out["summary"]).set_index("method")
+    # 35 of 50: Wilson centre 0.68572, half-width 0.12323.
+    assert (summary.loc["lwm", "clean_acc_lo"], summary.loc["lwm", "clean_acc_hi"]) == pytest.approx((0.5625, 0.8090), abs=1e-4)
+    assert summary.loc["hydra", "verified_acc"] == 0.4 and summary.loc["hydra", "verified_acc_lo"] < 0.4
+    assert summary.loc[["dense", "lwm"], "verified_acc"].isna().all()  # not computed, not 0
+    points = pd.read_csv(out["per_point"], dtype={"correct": str})
+    assert set(points["method"]) == {"lwm", "hydra"} and set(points["metric"]) == {"clean", "pgd", "autoattack"}
+    lwm_clean = points[(points["method"] == "lwm") & (points["metric"] == "clean")]["correct"].iloc[0]
+    assert lwm_clean == "1" * 35 + "0" * 15
+    metrics = json.loads(Path(out["metrics"]).read_text())["digits/small_cnn"]
+    assert metrics["lwm@0.9"]["clean_acc_lo"] == pytest.approx(0.5625, abs=1e-4)
+    assert "verified_acc" not in metrics["lwm@0.9"] and metrics["hydra@0.9"]["verified_acc"] == 0.4
+    plot = pd.read_csv(tmp_path / "plots/robustness/digits_small_cnn_lwm.csv")
+    assert {"clean_acc", "clean_acc_lo", "clean_acc_hi"} <= set(plot.columns) and len(plot) == 2  # dense + lwm

@@ -73,8 +73,10 @@ def _pct(x: float) -> str:
 
 
 def _est_text(est: Estimate, signed: bool = False) -> str:
+    """A difference (signed, in points) or a retained share (in %) with its interval and how it was found."""
     value = f"{100 * est.value:+.1f}" if signed else _pct(est.value)
-    return f"{value} [{_pct(est.lo)}, {_pct(est.hi)}] ({'paired' if est.paired else 'unpaired'} bootstrap)"
+    unit = " points" if signed else " %"
+    return f"{value} [{_pct(est.lo)}, {_pct(est.hi)}]{unit} ({'paired' if est.paired else 'unpaired'} bootstrap)"
 
 
 def _row(paper, claim, scope, verdict, numbers, criterion, statistic="", est: Estimate | None = None, p=math.nan) -> dict:
@@ -275,7 +277,7 @@ def pwoa_claims(summary: pd.DataFrame, prune_curves: pd.DataFrame, curves: pd.Da
                 rows.append(_row(PWOA, claim, scope, NOT_TESTED, "no common seed with a dense model of nonzero AA", criterion))
             else:
                 numbers = (f"at {_pct(targets[-1])}%: AA {key} {_acc_text(pruned)}, dense {_acc_text(dense)}; "
-                           f"retained {_est_text(est)}%")
+                           f"retained {_est_text(est)}")
                 rows.append(_row(PWOA, claim, scope, at_least(est, RETAINED_MOST), numbers, criterion, "AA(pwoa) / AA(dense)", est))
 
         mine = prune_curves[(prune_curves["dataset"] == scope[0]) & (prune_curves["arch"] == scope[1]) & (prune_curves["impl"] == "pwoa")]
@@ -331,7 +333,7 @@ def sehwag_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
                 continue
             verdicts = [at_least(e, RETAINED_MOST) for e in ests.values()]
             verdict = NOT_REPRODUCED if NOT_REPRODUCED in verdicts else REPRODUCED if all(v == REPRODUCED for v in verdicts) else INCONCLUSIVE
-            numbers = f"{p} -> {f}: clean retained {_est_text(ests['clean_acc'])}%, AA retained {_est_text(ests[ROBUST])}%"
+            numbers = f"{p} -> {f}: clean retained {_est_text(ests['clean_acc'])}, AA retained {_est_text(ests[ROBUST])}"
             rows.append(_row(SEHWAG, claims["matched"], scope, verdict, numbers, keep, "AA retained", ests[ROBUST]))
         if not natural:
             rows.append(_row(SEHWAG, claims["natural"], scope, NOT_TESTED, "no robust pretraining -> natural fine-tuning pair at 90%", lose))
@@ -340,7 +342,7 @@ def sehwag_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
             if est is None:
                 rows.append(_row(SEHWAG, claims["natural"], scope, NOT_TESTED, f"{p} -> {f}: no dense {p} model with nonzero AA", lose))
                 continue
-            rows.append(_row(SEHWAG, claims["natural"], scope, below(est, RETAINED_MOST), f"{p} -> {f}: AA retained {_est_text(est)}%", lose,
+            rows.append(_row(SEHWAG, claims["natural"], scope, below(est, RETAINED_MOST), f"{p} -> {f}: AA retained {_est_text(est)}", lose,
                              "AA retained", est))
         # Verified accuracy (`verified_acc` in the records) arrives with verification; until then: not computed.
         verified = [(p, f) for p, f in matched if "verified_acc" in at10 and retained(p, f, "verified_acc")[0]["verified_acc"].notna().any()]
@@ -349,7 +351,7 @@ def sehwag_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
         for p, f in verified:
             est = retained(p, f, "verified_acc")[1]
             verdict = at_least(est, RETAINED_MOST) if est else NOT_TESTED
-            numbers = f"{p} -> {f}: verified retained {_est_text(est)}%" if est else f"{p} -> {f}: no dense {p} model with nonzero verified accuracy"
+            numbers = f"{p} -> {f}: verified retained {_est_text(est)}" if est else f"{p} -> {f}: no dense {p} model with nonzero verified accuracy"
             rows.append(_row(SEHWAG, claims["verified"], scope, verdict, numbers, keep, "verified retained", est))
     return rows
 

@@ -15,6 +15,8 @@ ID_COLUMNS = ("dataset", "arch", "seed", "method", "sparsity_target", "finetune_
 
 
 def _key(table: str, row, metric: str) -> tuple:
+    """`metric` as a summary column (autoattack_acc) or as per_point.csv names it (autoattack)."""
+    metric = metric.removesuffix("_acc")
     def value(column):
         v = row.get(column) if hasattr(row, "get") else getattr(row, column, None)
         if v is None or (isinstance(v, float) and math.isnan(v)):
