@@ -226,3 +226,16 @@ def test_a_run_with_nothing_tests_nothing(tmp_path):
     table = Run().findings(tmp_path)
     assert set(table["verdict"]) == {NOT_TESTED}
     assert set(table["paper"]) == {findings.HARP, findings.BPC, findings.MRPF, findings.PWOA, findings.SEHWAG}
+
+
+def test_findings_are_written_in_every_format(tmp_path):
+    from advprune.report.findings import findings_display
+    from advprune.report.tables import to_latex, to_markdown, write_table
+
+    table = _harp_order(300, 250).findings(tmp_path)
+    written = write_table(table, str(tmp_path / "out/findings"), findings_display)
+    csv = pd.read_csv(written[0])
+    assert list(csv.columns) == findings.COLUMNS and len(csv) == len(table)
+    md, tex = to_markdown(table, findings_display), to_latex(table, findings_display)
+    assert "| HARP (Zhao & Wressnegger 2023) | HARP >= HYDRA" in md and "| reproduced |" in md
+    assert tex.startswith(r"\begin{tabular}{p{2.4cm}") and r"Zhao \& Wressnegger" in tex and "99.0\\% sparsity" in tex

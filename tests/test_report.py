@@ -745,3 +745,15 @@ def test_aggregate_writes_intervals_and_per_point_results(tmp_path):
     assert "verified_acc" not in metrics["lwm@0.9"] and metrics["hydra@0.9"]["verified_acc"] == 0.4
     plot = pd.read_csv(tmp_path / "plots/robustness/digits_small_cnn_lwm.csv")
     assert {"clean_acc", "clean_acc_lo", "clean_acc_hi"} <= set(plot.columns) and len(plot) == 2  # dense + lwm
+
+
+def test_verified_accuracy_gets_a_column_and_a_panel_once_computed():
+    summary = _summary()
+    assert len(figures.robustness_vs_sparsity(summary).axes) == 2 * 3  # clean, PGD, AutoAttack: not computed, no panel
+    verified = summary.assign(verified_acc=0.5 * summary["autoattack_acc"])
+    fig = figures.robustness_vs_sparsity(verified)
+    assert len(fig.axes) == 2 * 4 and fig.axes[3].get_title().startswith("digits / resnet18: Verified")
+    md = to_markdown(robustness_table(verified))
+    assert "not computed" not in md and "| Verified acc. (%) |" in md
+    # small_cnn, lwm, 90 %: half of the AA accuracies 0.55 * (0.80, 0.84), beside AutoAttack's column.
+    assert f"| 45.1 [31.1, 59.1] | {100 * np.mean([0.275 * 0.80, 0.275 * 0.84]):.1f} [" in md

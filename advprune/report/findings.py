@@ -371,4 +371,6 @@ def findings_display(table: pd.DataFrame, pm: str, times: str):
     return header, rows, len(header)
 
 
+findings_display.tex_columns = r"p{2.4cm}p{4.2cm}llp{1.8cm}p{6.5cm}p{5cm}"  # long text wraps in paragraph columns
+
 BUILDERS: dict[str, tuple[Callable, Callable]] = {"findings": (findings_table, findings_display)}

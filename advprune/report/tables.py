@@ -385,7 +385,9 @@ def to_latex(table: pd.DataFrame, display: Display = robustness_display) -> str:
     def cell(text: str) -> str:
         return tex_escape(text).replace("@@PM@@", r" $\pm$ ").replace("@@TIMES@@", r"$\times$")
 
-    lines = [r"\begin{tabular}{" + "l" * n_text + "r" * (len(header) - n_text) + "}", r"\toprule",
+    # A display may set its own column spec (e.g. wrapping paragraph columns for long text).
+    spec = getattr(display, "tex_columns", "l" * n_text + "r" * (len(header) - n_text))
+    lines = [r"\begin{tabular}{" + spec + "}", r"\toprule",
              " & ".join(cell(h) for h in header) + r" \\", r"\midrule"]
     previous = None
     for row in rows:
