@@ -11,6 +11,8 @@ made with this commit's settings and code, then `snakemake --touch` so that modi
 (DVC does not keep them, and Snakemake would re-run anything whose input looks newer than its output).
 
 Both take the Snakemake options of the run (e.g. `--configfile config/paper/cifar10_resnet18.yaml`) after `--`.
+publish records them in published-run.yaml (committed with the results, beside the config file it names);
+restore given none uses the recorded ones, and prints the `snakemake -n` that checks the restored run.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,6 +30,7 @@ REMOTE_NAME = "advprune"
 METADATA = Path(".snakemake/metadata")
 METADATA_SNAPSHOT = Path("results/.snakemake-metadata")  # inside results/, so it travels with results.dvc
 ARTIFACT_STAGES = {"pretrained": "pretrain", "pruned": "prune", "finetuned": "finetune"}
+RUN_RECORD = Path("published-run.yaml")  # the Snakemake options of the published run, committed with it
 
 
 class PublishError(RuntimeError):
@@ -121,6 +125,24 @@ def _write_artifacts(found: dict) -> None:
         yaml.dump(doc, fh)
 
 
+def _record_run(snakemake_args: list[str]) -> list[str]:
+    """Write RUN_RECORD; returns the files it names that git must carry too (the config file, if in the repo)."""
+    import yaml
+
+    RUN_RECORD.write_text("# Written by `advprune publish`: the Snakemake options of the published run. `advprune restore`\n"
+                          "# reuses them when given none; add them to every later snakemake command on these results.\n"
+                          + yaml.safe_dump({"snakemake_args": snakemake_args}, default_flow_style=None))
+    config = Path(_configfile(snakemake_args))
+    return [str(config)] if not config.is_absolute() and ".." not in config.parts else []
+
+
+def recorded_args() -> list[str]:
+    """The Snakemake options publish recorded (RUN_RECORD); [] when there is no record."""
+    import yaml
+
+    return list(yaml.safe_load(RUN_RECORD.read_text())["snakemake_args"]) if RUN_RECORD.exists() else []
+
+
 def publish(snakemake_args: list[str], remote_url: str | None = None) -> list[str]:
     """Returns the paths staged in git."""
     pending = _pending_jobs(snakemake_args)
@@ -133,9 +155,11 @@ def publish(snakemake_args: list[str], remote_url: str | None = None) -> list[st
     if METADATA.is_dir():
         shutil.copytree(METADATA, METADATA_SNAPSHOT)
     _write_artifacts(artifacts())
+    run_files = _record_run(snakemake_args)
     _run([_tool("dvc"), "add", "--quiet", *map(str, paths)])
     _run([_tool("dvc"), "push", "--remote", remote])
-    small = [f"{p}.dvc" for p in paths] + [str(p.parent / ".gitignore") for p in paths] + [".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvcignore", "dvc.yaml"]
+    small = [f"{p}.dvc" for p in paths] + [str(p.parent / ".gitignore") for p in paths] + [".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvcignore", "dvc.yaml",
+                                                                                           str(RUN_RECORD), *run_files]
     small = sorted({p for p in small if Path(p).exists()})
     _run(["git", "add", "--", *small])
     staged = _run(["git", "diff", "--cached", "--name-only"], capture=True).stdout.split()
@@ -146,6 +170,13 @@ def publish(snakemake_args: list[str], remote_url: str | None = None) -> list[st
 def restore(snakemake_args: list[str]) -> None:
     if not list(Path(".").glob("*.dvc")):
         raise PublishError("no .dvc files here: nothing was published in this commit (advprune publish)")
+    if not snakemake_args:
+        snakemake_args = recorded_args()
+        if snakemake_args:
+            print(f"advprune restore: the run's Snakemake options, from {RUN_RECORD}: {shlex.join(snakemake_args)}")
+    config = _configfile(snakemake_args)
+    if not Path(config).is_file():
+        raise PublishError(f"the run's config file {config} is not in this checkout (it was published with the results: check out that commit)")
     _run([_tool("dvc"), "pull"])
     if METADATA_SNAPSHOT.is_dir():
         shutil.copytree(METADATA_SNAPSHOT, METADATA, dirs_exist_ok=True)
@@ -158,7 +189,7 @@ def restore(snakemake_args: list[str]) -> None:
     left = _pending_jobs(snakemake_args)
     if left:
         raise PublishError(f"after touching, snakemake still plans {left}")
-    print("advprune restore: done; `snakemake -n` has nothing to do")
+    print(f"advprune restore: done; `{shlex.join(['.venv/bin/snakemake', '-n', *snakemake_args])}` has nothing to do")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,14 +201,17 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("restore", help="pull a published run and make `snakemake -n` see it as up to date")
     for sp in sub.choices.values():
         sp.add_argument("snakemake_args", nargs="*", help="the run's Snakemake options, after --, e.g. -- --configfile config/paper/x.yaml")
+    sub.add_parser("run-args", help=f"print the published run's Snakemake options ({RUN_RECORD}), e.g. snakemake -n $(advprune run-args)")
     a = p.parse_args(argv)
     if not Path("Snakefile").exists():
         sys.exit("advprune: run this from the repository root (where the Snakefile is)")
     try:
         if a.command == "publish":
             publish(a.snakemake_args, a.remote_url)
-        else:
+        elif a.command == "restore":
             restore(a.snakemake_args)
+        else:
+            print(shlex.join(recorded_args()))
     except PublishError as error:
         sys.exit(f"advprune {a.command}: {error}")
 

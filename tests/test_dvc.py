@@ -59,14 +59,19 @@ def published(tmp_path_factory):
 def test_publish_stages_exactly_the_small_files(published):
     _, _, _, staged = published
     assert sorted(staged) == sorted(f"A  {p}" for p in [".dvc/.gitignore", ".dvc/config", ".dvcignore", "logs.dvc", "resources/.gitignore",
-                                                         "resources/data.dvc", "results.dvc"]) + ["M  dvc.yaml"], staged
+                                                         "resources/data.dvc", "results.dvc", "published-run.yaml"]) + ["M  dvc.yaml"], staged
 
 
 def test_restore_on_a_fresh_clone_recomputes_nothing(published):
     root, repo, _, _ = published
     clone = root / "clone"
     _run(root, "git", "clone", "-q", str(repo), str(clone))
-    _run(clone, str(BIN / "advprune"), "restore", "--", "--configfile", "run.yaml")
+    # The run's --configfile comes from what publish recorded; README's follow-up command reads it back.
+    restored = _run(clone, str(BIN / "advprune"), "restore")
+    assert "--configfile run.yaml" in restored.stdout
+    recorded = _run(clone, str(BIN / "advprune"), "run-args").stdout.split()
+    assert recorded == ["--configfile", "run.yaml"]
+    assert planned(_run(clone, str(BIN / "snakemake"), "-n", *recorded)) == {}
     assert planned(_snakemake(clone, "-n")) == {}
     before, after = _hashes(repo), _hashes(clone)
     assert any(name.endswith("model.pt") for name in before) and after == before  # checkpoints byte-identical

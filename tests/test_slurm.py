@@ -33,14 +33,14 @@ GPU_RULES = {"pretrain", "sensitivity", "prune", "finetune", "evaluate"}
 PRETRAIN = "results/pretrain/digits/small_cnn/seed0/model.pt"
 PRETRAIN_LOG = "logs/pretrain/digits/small_cnn/seed0.log"
 RESUME = f"resume/{PRETRAIN}.state.pt"
-# Fast status polling for the tests only (the plugin's defaults suit hour-long jobs), and one thread per job
-# (the profile asks for 4 on GPU nodes; this node has 2 cores).
-TEST_OVERLAY = {
+# Fast status polling for the tests only (the plugin's defaults suit hour-long jobs).
+FAST_POLLING = {
     "slurm-init-seconds-before-status-checks": 2,
     "seconds-between-status-checks": 2,
-    "max-threads": 1,
     "latency-wait": 5,
 }
+# One thread per job for the three training runs side by side (the profile gives this 2-core node's jobs 2).
+TEST_OVERLAY = {**FAST_POLLING, "max-threads": 1}
 SACCT_FIELDS = ["JobIDRaw", "JobName", "Comment", "State", "Partition", "Account", "QOS", "Timelimit", "ReqMem", "ReqTRES", "AllocTRES", "WorkDir"]
 SESSION_START = datetime.now() - timedelta(minutes=1)
 
@@ -169,7 +169,8 @@ def pipeline(slurm_cluster, tmp_path_factory):
     """The test configuration's whole pipeline, layered with the local cluster's site profile (slurm/cluster:
     account, QoS, partition selection) and the GPU model from the environment."""
     root = tmp_path_factory.mktemp("slurm-pipeline")
-    overlay = _write_yaml(tmp_path_factory.mktemp("overlay") / "profile.yaml", TEST_OVERLAY)
+    # The profile's own thread counts, capped at this node's cores by slurm/profile.yaml (README's command).
+    overlay = _write_yaml(tmp_path_factory.mktemp("overlay") / "profile.yaml", FAST_POLLING)
     wf = Workflow(root, ["slurm/cluster", overlay], env={"ADVPRUNE_SLURM_GPU_MODEL": "fake"})
     dry = wf.run("-n")
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
@@ -210,6 +211,25 @@ def test_every_job_of_the_pipeline_completed_as_a_slurm_job(pipeline):
     evaluated = {job["Comment"] for job in by_rule["evaluate"]}
     assert len(evaluated) == plan["evaluate"]  # one job per evaluated model, its wildcards in the comment
     assert (wf.repo / "results/report/tables/robustness.csv").exists()
+
+
+def test_no_request_of_the_profile_exceeds_the_largest_node_at_any_attempt(slurm_cluster):
+    import yte
+
+    profile = yte.process_yaml((REPO / "slurm/profile.yaml").read_text(), require_use_yte=True)
+    node = dict(field.split("=", 1) for field in _run(["scontrol", "-o", "show", "node"], check=True).stdout.split() if "=" in field)
+    refused = []
+    for rule, resources in profile["set-resources"].items():
+        threads = profile["set-threads"].get(rule, 1)
+        assert threads <= int(node["CPUTot"]), rule
+        for attempt in (1, 2, 3):
+            mem = eval(str(resources["mem_mb"]), {"attempt": attempt, "threads": threads})  # as Snakemake evaluates it
+            assert mem <= int(node["RealMemory"]), (rule, attempt, mem)
+            gpu = ["-p", "gpu", "--gpus=1", f"--cpus-per-gpu={threads}"] if resources.get("gpu") else ["-p", "cpu", "--cpus-per-task=1"]
+            test = _run(["sbatch", "--test-only", *gpu, f"--mem={mem}", "--wrap", "true"], cwd="/tmp")
+            if test.returncode != 0:
+                refused.append((rule, attempt, test.stderr.strip()))
+    assert not refused, refused
 
 
 def test_nothing_left_to_do_after_the_slurm_run(pipeline):

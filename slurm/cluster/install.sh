@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install a single-node SLURM cluster on this Debian 12 machine (root, no systemd needed) and write its configs.
 #
-#   sudo slurm/cluster/install.sh      # then slurm/cluster/start.sh, later slurm/cluster/stop.sh
+#   slurm/cluster/install.sh      # as root (sudo ... otherwise); start.sh runs it too; later stop.sh
 #
 # - Packages (Debian's): slurmctld, slurmd, slurm-client, slurmdbd, munge, mariadb-server. `apt-get update` runs
 #   only when one of them is missing; nothing is started by the install (a temporary policy-rc.d forbids it).

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Start the local single-node SLURM cluster: munged, MariaDB, slurmdbd, slurmctld, slurmd (in that order),
-# without systemd. Runs install.sh first when the packages or configs are missing.
+# without systemd. Runs install.sh first, which installs what is missing and describes the node as this machine
+# is now (cores, memory, GPUs): a machine restarted with fewer cores or less memory would otherwise keep a node
+# that promises more than it has, and jobs sized for it would never start.
 #
-#   sudo slurm/cluster/start.sh        # idempotent: daemons already running are left alone
+#   slurm/cluster/start.sh        # as root (sudo slurm/cluster/start.sh otherwise); idempotent: daemons
+#                                 # already running with unchanged configs are left alone
 #
 # Returns when the node is idle and `sacct` answers. Paths of configs, logs and pid files: common.sh.
 set -euo pipefail
@@ -11,10 +14,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/common.sh"
 require_root
 
-if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! command -v mariadbd >/dev/null \
-   || ! command -v munged >/dev/null || [ ! -f "$SLURM_ETC/slurm.conf" ] || [ ! -f "$SLURM_ETC/slurmdbd.conf" ]; then
-  "$here/install.sh"
-fi
+"$here/install.sh"
 
 config_sum() { cat "$SLURM_ETC/slurm.conf" "$SLURM_ETC/gres.conf" "$SLURM_ETC/slurmdbd.conf" | sha256sum | cut -d' ' -f1; }
 # Daemons running with configs that install.sh has rewritten since (or with configs this script did not
