@@ -239,3 +239,12 @@ def test_findings_are_written_in_every_format(tmp_path):
     md, tex = to_markdown(table, findings_display), to_latex(table, findings_display)
     assert "| HARP (Zhao & Wressnegger 2023) | HARP >= HYDRA" in md and "| reproduced |" in md
     assert tex.startswith(r"\begin{tabular}{p{2.4cm}") and r"Zhao \& Wressnegger" in tex and "99.0\\% sparsity" in tex
+
+
+def test_models_on_different_points_are_not_paired(tmp_path):
+    run = _harp_order(300, 250)
+    for row in run.points:
+        if row["method"] == "hydra":
+            row["points_sha256"] = "other"  # e.g. another split or n_examples
+    first = run.findings(tmp_path).iloc[0]
+    assert not bool(first["paired"]) and pd.isna(first["mcnemar_p"]) and "unpaired bootstrap" in first["numbers"]

@@ -110,7 +110,7 @@ def compare(index: PointIndex, table: str, a: pd.DataFrame, b: pd.DataFrame, met
 
     seeds = _common_seeds(a, b)
     a, b = a[a["seed"].isin(seeds)].sort_values("seed"), b[b["seed"].isin(seeds)].sort_values("seed")
-    models = {"a": index.model(table, a, metric), "b": index.model(table, b, metric)}
+    models = index.models({"a": (table, a), "b": (table, b)}, metric)
     est = bootstrap(models, lambda acc: (acc["a"] - acc["b"]).mean(axis=1))
     p, text = math.nan, ""
     if est.paired:
@@ -204,7 +204,7 @@ def criteria_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
                 rows.append(_row(BPC, claim, scope, NOT_TESTED, f"needs >= 2 criteria x >= 2 fine-tuning modes, all run; "
                                  f"have criteria {criteria}, modes {modes}", criterion))
                 continue
-            models = {f"{c}|{m}": index.model("study_finetune", cell[cell["seed"].isin(seeds)], ROBUST) for (c, m), cell in cells.items()}
+            models = index.models({f"{c}|{m}": ("study_finetune", cell[cell["seed"].isin(seeds)]) for (c, m), cell in cells.items()}, ROBUST)
 
             def statistic(acc, criteria=criteria, modes=modes):
                 grid = np.stack([np.stack([acc[f"{c}|{m}"].mean(axis=1) for m in modes], axis=-1) for c in criteria], axis=-2)

@@ -55,6 +55,15 @@ class PointIndex:
             bits = [None] * len(bits)
         return Model([float(v) for v in rows[metric]], [int(n) for n in rows["n_examples"]], bits)
 
+    def models(self, spec: dict[str, tuple[str, pd.DataFrame]], metric: str) -> dict[str, Model]:
+        """name -> (table, rows) as Models; per-point results kept only if every row of every model has them,
+        all for the same points (a paired test needs exactly that), else dropped for all."""
+        models = {name: self.model(table, rows, metric) for name, (table, rows) in spec.items()}
+        if not self.same_points(list(spec.values()), metric):
+            for m in models.values():
+                m.bits = [None] * len(m.bits)
+        return models
+
     def same_points(self, table_rows: list[tuple[str, pd.DataFrame]], metric: str) -> bool:
         """Whether every row of every (table, rows) has per-point results, all for the same points."""
         hashes, lengths = set(), set()

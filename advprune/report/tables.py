@@ -207,7 +207,7 @@ def retained_estimate(pruned: pd.DataFrame, dense: pd.DataFrame, metric: str, in
     pruned, dense = pruned[pruned["seed"].isin(seeds)], dense[dense["seed"].isin(seeds)]
     if not seeds or len(pruned) != len(seeds) or len(dense) != len(seeds) or not (dense[metric].astype(float) > 0).all():
         return None
-    models = {"pruned": index.model(table, pruned, metric), "dense": index.model(table, dense, metric)}
+    models = index.models({"pruned": (table, pruned), "dense": (table, dense)}, metric)
     return bootstrap(models, lambda acc: (acc["pruned"] / acc["dense"]).mean(axis=1))
 
 
