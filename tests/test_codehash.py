@@ -24,3 +24,14 @@ def test_a_pruning_job_hashes_its_own_method_only():
 
 def test_the_hash_is_stable():
     assert code_hash(REPO / "scripts/evaluate.py") == code_hash(REPO / "scripts/evaluate.py")
+
+
+def test_an_edited_file_is_read_again_within_one_process(tmp_path):
+    """The hashes are cached per file version (a paper-scale DAG asks for thousands): an edit must still show."""
+    script = tmp_path / "stage.py"
+    script.write_text("import advprune.checkpoint\n")
+    before, files_before = code_hash(script), _names(source_files(script)[1:])
+    script.write_text("import advprune.checkpoint\nimport advprune.report.style\n")
+    assert code_hash(script) != before
+    files_after = _names(source_files(script)[1:])
+    assert files_after > files_before and {"advprune/report/__init__.py", "advprune/report/style.py"} <= files_after
