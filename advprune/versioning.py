@@ -193,6 +193,8 @@ def restore(snakemake_args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from advprune.config import ConfigError
+
     p = argparse.ArgumentParser(prog="advprune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     pub = sub.add_parser("publish", help="version the finished run with DVC and push it to the remote")
@@ -213,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(shlex.join(recorded_args()))
     except PublishError as error:
+        sys.exit(f"advprune {a.command}: {error}")
+    except ConfigError as error:  # the run's config, read to find what to version
         sys.exit(f"advprune {a.command}: {error}")
 
 

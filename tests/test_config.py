@@ -29,7 +29,7 @@ BAD = [
     ("unknown method", lambda c: c["prune"]["methods"].update(snip={}), "'prune.methods.snip': unknown pruning method 'snip'"),
     ("bad method option", lambda c: c["prune"]["methods"]["lwm"].update(scope="diagonal"), "'prune.methods.lwm.scope'"),
     ("missing section", lambda c: c.pop("evaluate"), "'evaluate' is a required property"),
-    ("unknown objective", lambda c: c["finetune"].update(objective="adv"), "'finetune.objective': 'adv' is not one of: natural, pgd_at, trades, mart, null"),
+    ("unknown objective", lambda c: c["finetune"].update(objective="adv"), "'finetune.objective': 'adv' is not one of: natural, pgd_at, trades, mart"),
     ("unknown enum in a method", lambda c: c["prune"]["methods"]["lwm"].update(scope="x"), "'prune.methods.lwm.scope': 'x' is not one of: layer, global"),
     ("method key dense", lambda c: c["prune"]["methods"].update(dense={}), "'prune.methods.dense': the name 'dense' is reserved"),
     ("sparsity too long for a path", lambda c: c["prune"].update(sparsities=[0.123456789012]), "'prune.sparsities[0]': 0.123456789012 has more than 10 decimals"),
