@@ -122,7 +122,8 @@ def cli(argv=None):
     p.add_argument("--results", default="results", help="results directory of a finished run")
     a = p.parse_args(argv)
     r = a.results
-    out = {name: f"{r}/tables/{name}.csv" for name in ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves", "per_point", *STUDY_COLUMNS)}
+    tables = ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves", "per_point", *STUDY_COLUMNS)
+    out = {name: f"{r}/tables/{name}.csv" for name in tables}
     out |= {"provenance": f"{r}/tables/provenance.csv", "metrics": f"{r}/tables/summary.json", "plots": f"{r}/plots"}
     # Without the workflow only the studies' own records are known (the records they share with the main grid are not).
     studies = {"study_finetune": [{"path": p, "labels": {}} for p in glob.glob(f"{r}/studies/finetune/**/eval.json", recursive=True)],

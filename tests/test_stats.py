@@ -80,5 +80,6 @@ def test_bootstrap_pairs_models_on_shared_points_and_is_wider_without():
     assert 0 < paired.lo < 0.03 < paired.hi < 0.06
     assert unpaired.lo < 0 < unpaired.hi
     # Several seeds: the seeds are resampled too (the interval is not the single-seed one).
-    two = bootstrap({"a": Model([0.7, 0.5], [300, 300], [None, None]), "b": Model([0.6, 0.6], [300, 300], [None, None])}, lambda acc: (acc["a"] - acc["b"]).mean(axis=1))
+    two = bootstrap({"a": Model([0.7, 0.5], [300, 300], [None, None]), "b": Model([0.6, 0.6], [300, 300], [None, None])},
+                    lambda acc: (acc["a"] - acc["b"]).mean(axis=1))
     assert two.value == pytest.approx(0.0) and two.lo < -0.05 and two.hi > 0.05

@@ -30,6 +30,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from advprune.stats import accuracy_interval
+
 from .style import (
     DENSE,
     DENSE_COLOR,
@@ -43,8 +45,6 @@ from .style import (
     sort_methods,
     sparsity_axis,
 )
-from advprune.stats import accuracy_interval
-
 from .tables import FINETUNE_MODES, METRICS, OBJECTIVES, RETAINED, objective_study_table, ordered
 
 NEUTRAL = "#4d4d4d"  # for bars that belong to no method

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from advprune.stats import CONFIDENCE, Estimate, mcnemar_exact, t_interval
+from advprune.stats import CONFIDENCE, Estimate, accuracy_interval, bootstrap, mcnemar_exact, t_interval
 
 from .points import PointIndex
 from .style import DENSE
@@ -106,8 +106,6 @@ def _common_seeds(*frames: pd.DataFrame) -> list:
 def compare(index: PointIndex, table: str, a: pd.DataFrame, b: pd.DataFrame, metric: str = ROBUST) -> tuple[Estimate, float, str]:
     """acc(a) - acc(b) (means over common seeds) with its bootstrap interval, the exact McNemar p pooled over
     seeds (NaN without per-point results) and a text with both."""
-    from advprune.stats import bootstrap
-
     seeds = _common_seeds(a, b)
     a, b = a[a["seed"].isin(seeds)].sort_values("seed"), b[b["seed"].isin(seeds)].sort_values("seed")
     models = index.models({"a": (table, a), "b": (table, b)}, metric)
@@ -120,8 +118,6 @@ def compare(index: PointIndex, table: str, a: pd.DataFrame, b: pd.DataFrame, met
 
 
 def _acc_text(rows: pd.DataFrame, metric: str = ROBUST) -> str:
-    from advprune.stats import accuracy_interval
-
     ci = accuracy_interval(rows[metric], rows["n_examples"])
     return interval_text(100 * ci.mean, 100 * ci.lo, 100 * ci.hi)
 
@@ -177,15 +173,13 @@ def harp_claims(summary: pd.DataFrame, layers: pd.DataFrame, index: PointIndex) 
         density = 1 - harp.loc[np.isclose(harp["sparsity_target"], target), "sparsity"].astype(float)
         numbers = (f"{key} at {_pct(target)}%: per-layer density {_pct(density.min())}-{_pct(density.max())}% "
                    f"(max/min {', '.join('inf' if math.isinf(r) else f'{r:.1f}x' for r in ratios)} per seed; uniform: 1x)")
-        rows.append(_row(HARP, claim, scope, verdict, numbers, criterion_rates, "max/min layer density", p=math.nan))
+        rows.append(_row(HARP, claim, scope, verdict, numbers, criterion_rates, "max/min layer density"))
     return rows
 
 
 # --- Beyond Pruning Criteria ----------------------------------------------------------------------------------
 
 def criteria_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
-    from advprune.stats import bootstrap
-
     claim = "the choice of fine-tuning changes robust accuracy more than the choice of pruning criterion (random excluded)"
     criterion = (f"statistic: mean over criteria of the AA range across fine-tuning modes minus mean over modes of the AA range "
                  f"across criteria; reproduced if its {CONFIDENCE:.0%} interval is > 0, not reproduced if < 0")
@@ -325,7 +319,8 @@ def sehwag_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
             return pruned, retained_estimate(pruned, dense[dense["pretrain_objective"] == p], metric, index)
 
         if not matched:
-            rows.append(_row(SEHWAG, claims["matched"], scope, NOT_TESTED, "no robust pretraining -> same fine-tuning pair at 90% in study_objectives", keep))
+            rows.append(_row(SEHWAG, claims["matched"], scope, NOT_TESTED,
+                             "no robust pretraining -> same fine-tuning pair at 90% in study_objectives", keep))
         for p, f in matched:
             ests = {m: retained(p, f, m)[1] for m in ("clean_acc", ROBUST)}
             if any(e is None for e in ests.values()):
@@ -347,7 +342,7 @@ def sehwag_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
         # Verified accuracy (`verified_acc` in the records) arrives with verification; until then: not computed.
         verified = [(p, f) for p, f in matched if "verified_acc" in at10 and retained(p, f, "verified_acc")[0]["verified_acc"].notna().any()]
         if not verified:
-            rows.append(_row(SEHWAG, claims["verified"], scope, NOT_TESTED, f"verified_acc {NOT_COMPUTED}", keep.replace("benign and robust", "verified")))
+            rows.append(_row(SEHWAG, claims["verified"], scope, NOT_TESTED, f"verified_acc {NOT_COMPUTED}", keep))
         for p, f in verified:
             est = retained(p, f, "verified_acc")[1]
             verdict = at_least(est, RETAINED_MOST) if est else NOT_TESTED

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from advprune.stats import Model, accuracy_interval, bootstrap
+from advprune.stats import accuracy_interval, bootstrap
 
 from .points import PointIndex
 from .style import DENSE, sort_methods
