@@ -274,6 +274,9 @@ def _training(config: dict, section: str, override: dict | None = None) -> dict:
         out["trades_beta"] = cfg.get("trades_beta", config["pretrain"]["trades_beta"])
     if objective == "mart":
         out["mart_beta"] = cfg.get("mart_beta", config["pretrain"]["mart_beta"])
+    if objective in ("ibp", "crown_ibp"):
+        out["eps_ramp_epochs"] = cfg.get("eps_ramp_epochs", config["pretrain"].get("eps_ramp_epochs", 0))
+        out["kappa"] = cfg.get("kappa", config["pretrain"].get("kappa", 0.0))
     return out
 
 

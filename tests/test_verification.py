@@ -10,7 +10,7 @@ from advprune.attacks.fused import FoldedBatchNorm
 from advprune.models import build_model
 from advprune.pruning import masks_from_scores, prunable_weights
 from advprune.pruning._structured import channel_groups, channel_importance, keep_for_ratios, remove_channels
-from advprune.verification import BoundedModel, UnsupportedModel, input_box, margin_bounds, margin_spec, verified_accuracy
+from advprune.verification import BoundedModel, UnsupportedModel, input_box, margin_bounds, margin_spec, record_fields, verified_accuracy
 
 ARCHS = ["small_cnn", "vgg16_bn", "resnet18", "wrn_28_4"]
 EPS = 0.03
@@ -239,3 +239,18 @@ def test_unsupported_modules_are_named():
 
     with pytest.raises(UnsupportedModel, match="sum"):
         BoundedModel(Gate())
+
+
+def test_records_say_not_computed_with_null_accuracies_and_a_log_line(caplog):
+    x, y = _points()
+    settings = {"methods": ["ibp", "crown"], "crown_intermediate": "ibp", "batch_size": 4}
+    fields, certified = record_fields(_random_model("small_cnn"), x, y, EPS, settings)
+    assert fields["verification"]["status"] == "computed" and len(certified) == len(y)
+    assert set(fields["verification_seconds"]) == {"ibp", "crown", "total"}
+    for model, settings, reason in ((_random_model("small_cnn"), None, "evaluate.verify is null"),
+                                    (nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Tanh()), settings, "Tanh")):
+        caplog.clear()
+        fields, certified = record_fields(model, x, y, EPS, settings)
+        assert certified is None and fields["verification"]["status"] == "not computed" and reason in fields["verification"]["reason"]
+        assert fields["verified_acc"] is None and fields["verified_ibp_acc"] is None and fields["verified_crown_acc"] is None
+        assert any("not computed" in r.message and reason in r.message for r in caplog.records)

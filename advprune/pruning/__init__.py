@@ -78,7 +78,8 @@ class PruneContext:
         from advprune.training import build_objective
 
         cfg = {**self.objective, **{k: v for k, v in overrides.items() if v is not None}}
-        return build_objective(name or cfg["objective"], self.threat_model["eps"], cfg["attack"], cfg.get("trades_beta", 6.0), cfg.get("mart_beta", 5.0))
+        return build_objective(name or cfg["objective"], self.threat_model["eps"], cfg["attack"], cfg.get("trades_beta", 6.0), cfg.get("mart_beta", 5.0),
+                               cfg.get("eps_ramp_epochs", 0), cfg.get("kappa", 0.0))
 
     def fit(self, model: nn.Module, objective, settings, phase: str, masks=None, validate_robust: bool = True, **train_options) -> list[dict]:
         """Run one training phase of a method (advprune.training.train) on the train split, resumable after a

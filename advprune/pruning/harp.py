@@ -453,6 +453,9 @@ class HarpObjective(Objective):
         loss, logits = self.base(model, x, y)
         return loss + self.gamma * self.hw_loss(), logits
 
+    def epoch_start(self, epoch, n_batches):
+        self.base.epoch_start(epoch, n_batches)
+
     def epoch_end(self, model, epoch):
         row = dict(self.base.epoch_end(model, epoch))
         gamma = self.gamma

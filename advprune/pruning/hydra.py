@@ -149,6 +149,9 @@ class _TrackMaskChanges(Objective):
         flipped = sum(int((masks[name] != m).sum()) for name, m in self.initial.items())
         return flipped / max(sum(m.numel() for m in self.initial.values()), 1)
 
+    def epoch_start(self, epoch, n_batches):
+        self.base.epoch_start(epoch, n_batches)
+
     def epoch_end(self, model, epoch):
         return {**self.base.epoch_end(model, epoch), "mask_changed": self.changed(self.masks())}
 

@@ -1,4 +1,4 @@
-"""Adversarial training: objectives (PGD-AT, TRADES, MART, natural) and the resumable epoch loop."""
+"""Adversarial and certified training: objectives (PGD-AT, TRADES, MART, natural, IBP, CROWN-IBP) and the resumable epoch loop."""
 
 from advprune.attacks.pgd import PGD
 from advprune.training.losses import OBJECTIVES, Objective, build_objective
@@ -10,6 +10,7 @@ __all__ = ["OBJECTIVES", "FastPath", "TrainSettings", "apply_masks", "build_obje
 
 def from_params(cfg: dict, eps: float) -> tuple[Objective, TrainSettings, PGD]:
     """The objective, loop settings and per-epoch validation attack of a `pretrain`/`finetune` params dict."""
-    objective = build_objective(cfg["objective"], eps, cfg["attack"], cfg.get("trades_beta", 6.0), cfg.get("mart_beta", 5.0))
+    objective = build_objective(cfg["objective"], eps, cfg["attack"], cfg.get("trades_beta", 6.0), cfg.get("mart_beta", 5.0),
+                                cfg.get("eps_ramp_epochs", 0), cfg.get("kappa", 0.0))
     settings = TrainSettings(**{k: cfg[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule")})
     return objective, settings, PGD(eps, cfg["attack"]["step_size"], cfg["attack"]["steps"])

@@ -121,7 +121,8 @@ def train(
     `param_groups`: optimizer groups (default: every parameter with requires_grad, the settings' lr).
     `keep_best`: a curve column (e.g. "val_robust_acc"); the model ends with the weights of the epoch where it
     was highest (checkpoint selection on the validation split).
-    The objective takes part through optional hooks (see `Objective`): `epoch_end(model, epoch) -> dict` runs after
+    The objective takes part through optional hooks (see `Objective`): `epoch_start(epoch, n_batches)` runs before
+    each epoch's updates, `epoch_end(model, epoch) -> dict` after
     each epoch's updates and adds curve columns; `state_dict()`/`load_state_dict()` carry its state across a resume.
     `fast_path`: {precision, channels_last} of the training step (advprune.training.fast; default fp32, NCHW);
     validation always runs in fp32.
@@ -171,6 +172,7 @@ def train(
         total_correct = torch.zeros((), dtype=torch.int64, device=train_split.x.device)
         seen = 0
         n_batches = -(-len(train_split) // settings.batch_size)
+        objective.epoch_start(epoch, n_batches)
         batches = train_split.batches(settings.batch_size, shuffle=True, generator=shuffle)
         for x, y in progress(batches, f"{desc} epoch {epoch + 1}/{settings.epochs}", total=n_batches):
             loss, logits = training_step(model, objective, optimizer, x, y, fast, masks)
