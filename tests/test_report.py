@@ -660,6 +660,16 @@ def test_missing_or_empty_optional_tables_give_placeholders(tmp_path, caplog):
         assert (tmp_path / "out/tables" / f"{name}.md").read_text().count("\n") == 2
 
 
+def test_without_per_point_results_the_study_figure_has_unpaired_intervals(tmp_path, caplog):
+    # Records written before per-point results existed: every figure is still drawn.
+    tables = write_tables(tmp_path / "tables", per_point=None)
+    with caplog.at_level(logging.WARNING, logger="advprune.report"):
+        make_report(str(tables), str(tmp_path / "out"), formats=("png",), dpi=40)
+    assert "figure objective_study" not in caplog.text
+    retained = pd.read_csv(tmp_path / "out/tables/objective_study.csv")["retained_clean_pct_lo"]
+    assert retained.notna().all()
+
+
 def test_no_tables_at_all_still_give_every_output(tmp_path):
     tables = tmp_path / "tables"
     tables.mkdir()

@@ -23,7 +23,10 @@ FIGURES = {
     "mrpf_sensitivity_vs_sparsity": ("sensitivity", "layer_sparsity"),
     "pwoa_loss_terms": ("prune_curves",),
 }
-# Report table name (built by `tables.BUILDERS`) -> the aggregated tables it is built from, in argument order.
+# Inputs that only refine what is drawn (per-point results make intervals paired): a figure is drawn without them.
+OPTIONAL_INPUTS = {"per_point"}
+# Report table name (built by `tables.BUILDERS` or `findings.BUILDERS`) -> the aggregated tables it is built from,
+# in argument order.
 TABLES = {
     "robustness": ("summary",),
     "finetune_study": ("study_finetune",),
@@ -61,7 +64,7 @@ def make_report(tables_dir: str, out_dir: str, formats=("png", "pdf"), dpi: int 
     with matplotlib.rc_context(RC):
         for name, inputs in FIGURES.items():
             try:
-                empty = [s for s in inputs if data[s].empty]
+                empty = [s for s in inputs if data[s].empty and s not in OPTIONAL_INPUTS]
                 if empty:
                     raise figures.NoData(f"no rows in {empty[0]}.csv")
                 fig = getattr(figures, name)(*(data[s] for s in inputs))
