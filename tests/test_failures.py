@@ -52,3 +52,15 @@ def test_a_failed_job_leaves_its_error_and_traceback_in_its_log(tmp_path, checkp
     assert "job failed: CheckpointError: model.pt: truncated or corrupt checkpoint" in log
     assert "Traceback (most recent call last)" in log and "load_model" in log
     assert "model.pt: truncated or corrupt checkpoint" in run.stderr  # the console still shows it
+
+
+@pytest.mark.parametrize("name", ["train_x.npy", "meta.json"])
+def test_damaged_prepared_data_is_named(tmp_path, digits_dir, name):
+    import shutil
+
+    from advprune.data import load_split
+
+    data = shutil.copytree(digits_dir, tmp_path / "digits")
+    (data / name).write_bytes((data / name).read_bytes()[:40])
+    with pytest.raises(ValueError, match=f"^{data / name}: damaged prepared data .*delete {data} and re-run"):
+        load_split(data, "train")

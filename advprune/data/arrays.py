@@ -62,7 +62,17 @@ def load_meta(data_dir: str | os.PathLike) -> dict:
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: prepare the dataset first (scripts/fetch_data.py)")
-    return json.loads(path.read_text())
+    return _read_prepared(path, lambda p: json.loads(p.read_text()))
+
+
+def _read_prepared(path: Path, read):
+    """`read(path)` of one prepared file; a damaged one is named, with the way to prepare it again."""
+    try:
+        return read(path)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError) as error:  # json and numpy report torn files as ValueError or OSError
+        raise ValueError(f"{path}: damaged prepared data ({error}): delete {path.parent} and re-run to prepare it again") from error
 
 
 class ArraySplit:
@@ -117,6 +127,5 @@ def load_split(data_dir: str | os.PathLike, split: str, device="cpu", n: int | N
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     meta = load_meta(data_dir)
     # mmap, then copy only the rows asked for: a few examples of a big dataset load instantly
-    x = np.load(Path(data_dir) / f"{split}_x.npy", mmap_mode="r")[:n]
-    y = np.load(Path(data_dir) / f"{split}_y.npy", mmap_mode="r")[:n]
+    x, y = (_read_prepared(Path(data_dir) / f"{split}_{xy}.npy", lambda p: np.load(p, mmap_mode="r")[:n]) for xy in "xy")
     return ArraySplit(torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y)), meta["pixel_max"]).to(device)
