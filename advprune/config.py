@@ -55,20 +55,23 @@ def _resolve(schema: dict, root: dict) -> dict:
     return schema
 
 
-def _allowed_values(schema: dict, root: dict) -> list | None:
-    """The values an enum-like schema admits (enum, const, null, and oneOf/anyOf of those); None if it admits more."""
+TYPE_NAMES = {"object": "a mapping", "array": "a list", "integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false"}
+
+
+def _alternatives(schema: dict, root: dict) -> list[str]:
+    """What a schema admits, in words: its values (enum, const, null) or its kind (a mapping, a number, ...),
+    through oneOf/anyOf."""
     schema = _resolve(schema, root)
     if "enum" in schema:
-        return list(schema["enum"])
+        return [_as_yaml(v) for v in schema["enum"]]
     if "const" in schema:
-        return [schema["const"]]
+        return [_as_yaml(schema["const"])]
     if schema.get("type") == "null":
-        return [None]
+        return ["null"]
     branches = schema.get("oneOf") or schema.get("anyOf")
-    if not branches:
-        return None
-    values = [_allowed_values(branch, root) for branch in branches]
-    return None if any(v is None for v in values) else [x for v in values for x in v]
+    if branches:
+        return [text for branch in branches for text in _alternatives(branch, root)]
+    return [TYPE_NAMES.get(schema.get("type"), "something else")]
 
 
 def _as_yaml(value) -> str:
@@ -82,11 +85,12 @@ def _first_error(instance, schema) -> tuple[str, str] | None:
     if error is None:
         return None
     key, message = _path(error), error.message
-    allowed = _allowed_values(error.schema, schema) if error.validator in ("enum", "oneOf", "anyOf") else None
-    if allowed is not None:
-        message = f"{error.instance!r} is not one of: {', '.join(map(_as_yaml, allowed))}"
+    if error.validator in ("enum", "oneOf", "anyOf"):
+        message = f"{error.instance!r} is not one of: {', '.join(_alternatives(error.schema, schema))}"
+    if "propertyNames" in error.schema_path:  # a bad key name: name the key itself
+        key = f"{key}.{error.instance}"
     if error.validator == "not" and error.validator_value == {"const": "dense"}:
-        key, message = f"{key}.dense", "the name 'dense' is reserved for the unpruned model's records: give the method another key"
+        message = "the name 'dense' is reserved for the unpruned model's records: give the method another key"
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         # Name the unknown key itself, not its parent.
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))

@@ -31,6 +31,9 @@ BAD = [
     ("missing section", lambda c: c.pop("evaluate"), "'evaluate' is a required property"),
     ("unknown objective", lambda c: c["finetune"].update(objective="adv"), "'finetune.objective': 'adv' is not one of: natural, pgd_at, trades, mart"),
     ("unknown enum in a method", lambda c: c["prune"]["methods"]["lwm"].update(scope="x"), "'prune.methods.lwm.scope': 'x' is not one of: layer, global"),
+    ("method override neither none nor a mapping", lambda c: c["prune"]["methods"]["lwm"].update(finetune="adv"),
+     "'prune.methods.lwm.finetune': 'adv' is not one of: none, a mapping"),
+    ("method key not lowercase", lambda c: c["prune"]["methods"].update(LWM={}), "'prune.methods.LWM': 'LWM' does not match"),
     ("method key dense", lambda c: c["prune"]["methods"].update(dense={}), "'prune.methods.dense': the name 'dense' is reserved"),
     ("sparsity too long for a path", lambda c: c["prune"].update(sparsities=[0.123456789012]), "'prune.sparsities[0]': 0.123456789012 has more than 10 decimals"),
 ]
