@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import http.server
 import json
 import os
-import pickle
 import subprocess
 import sys
 import tarfile
@@ -17,12 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import torch
-from PIL import Image
 from sklearn.datasets import load_digits
 
-from advprune.data import DATASETS, ArraySplit, cifar, load_meta, load_split, mnist, prepare_dataset
+from advprune.data import DATASETS, ArraySplit, cifar, load_meta, load_split, mnist, prepare_dataset, synthetic
 from advprune.data.mnist import read_idx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,19 +88,10 @@ def prepare_twice(raw, tmp_path, name, val_fraction):
 # ---------------------------------------------------------------- MNIST
 
 
-def write_idx(path: Path, array: np.ndarray, compress=True):
-    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, ">i4").tobytes()
-    (gzip.open if compress else open)(path, "wb").write(header + array.astype(np.uint8).tobytes())
-
-
 def write_mnist(raw: Path, compress=True):
-    raw.mkdir(parents=True)
     train = rand_images(40, 1, 28, 28), np.repeat([3, 1, 4, 7], 10)
     test = rand_images(12, 1, 28, 28), np.arange(12) % 10
-    for prefix, (x, y) in (("train", train), ("t10k", test)):
-        suffix = ".gz" if compress else ""
-        write_idx(raw / f"{prefix}-images-idx3-ubyte{suffix}", x[:, 0], compress)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte{suffix}", y, compress)
+    synthetic.write_mnist(raw, train, test, compress)
     return train, test
 
 
@@ -129,28 +116,11 @@ def test_read_idx_rejects_bad_files(tmp_path):
 # ---------------------------------------------------------------- CIFAR
 
 
-def cifar_rows(x_chw: np.ndarray) -> np.ndarray:
-    """CIFAR's row layout, built independently of the reader: from HWC images, all R, then all G, then all B."""
-    hwc = x_chw.transpose(0, 2, 3, 1)
-    return np.concatenate([hwc[..., c].reshape(len(hwc), -1) for c in range(3)], axis=1)
-
-
-def dump(path: Path, obj):
-    path.write_bytes(pickle.dumps(obj, protocol=2))
-
-
 def write_cifar10(raw: Path):
-    base = raw / "cifar-10-batches-py"
-    base.mkdir(parents=True)
     train = rand_images(40, 3, 32, 32), np.tile([0, 2, 5, 9], 10)
     test = rand_images(10, 3, 32, 32), np.arange(10)
-    for i in range(5):
-        sl = slice(8 * i, 8 * i + 8)
-        dump(base / f"data_batch_{i + 1}", {b"batch_label": b"b", b"labels": train[1][sl].tolist(),
-                                             b"data": cifar_rows(train[0][sl])})
-    dump(base / "test_batch", {b"labels": test[1].tolist(), b"data": cifar_rows(test[0])})
     names = [f"class{i}" for i in range(10)]
-    dump(base / "batches.meta", {b"label_names": [n.encode() for n in names], b"num_vis": 3072})
+    synthetic.write_cifar10(raw, train, test, names)
     return train, test, names
 
 
@@ -161,15 +131,10 @@ def test_cifar10(tmp_path):
 
 
 def test_cifar100_uses_fine_labels(tmp_path):
-    base = tmp_path / "raw" / "cifar-100-python"
-    base.mkdir(parents=True)
     train = rand_images(30, 3, 32, 32), np.repeat([11, 42, 99], 10)
     test = rand_images(6, 3, 32, 32), np.array([11, 42, 99, 0, 1, 2])
-    for fname, (x, y) in (("train", train), ("test", test)):
-        dump(base / fname, {b"fine_labels": y.tolist(), b"coarse_labels": (y // 5).tolist(), b"data": cifar_rows(x)})
     names = [f"fine{i}" for i in range(100)]
-    dump(base / "meta", {b"fine_label_names": [n.encode() for n in names],
-                         b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]})
+    synthetic.write_cifar100(tmp_path / "raw", train, test, names)
     out = prepare_twice(tmp_path / "raw", tmp_path, "cifar100", 0.3)
     check_prepared(out, "cifar100", train, test, 0.3, names)
 
@@ -246,15 +211,9 @@ def test_download_files_falls_back_to_next_mirror_and_checks_md5(tmp_path, monke
 
 
 def write_svhn(raw: Path, size=32):
-    raw.mkdir(parents=True)
-    splits = {}
-    for fname, n in (("train_32x32.mat", 30), ("test_32x32.mat", 8)):
-        x = rand_images(n, 3, size, size)
-        y = np.arange(n) % 3  # digits 0, 1, 2
-        stored = np.where(y == 0, 10, y).astype(np.uint8)[:, None]  # SVHN writes the digit 0 as 10
-        scipy.io.savemat(raw / fname, {"X": x.transpose(2, 3, 1, 0), "y": stored})
-        splits[fname] = x, y
-    return splits["train_32x32.mat"], splits["test_32x32.mat"]
+    train, test = [(rand_images(n, 3, size, size), np.arange(n) % 3) for n in (30, 8)]  # digits 0, 1, 2
+    synthetic.write_svhn(raw, train, test)
+    return train, test
 
 
 def test_svhn(tmp_path):
@@ -273,41 +232,20 @@ def test_wrong_image_size_is_rejected(tmp_path):
 # ---------------------------------------------------------------- Tiny-ImageNet
 
 
-def save_jpeg(path: Path, rgb_or_gray: np.ndarray) -> np.ndarray:
-    """Write a JPEG and return what decoding it to RGB gives (JPEG is lossy, decoding is exact)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb_or_gray).save(path, quality=90)
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB")).transpose(2, 0, 1)
-
-
 def test_tinyimagenet(tmp_path):
-    base = tmp_path / "raw" / "tiny-imagenet-200"
-    wnids = [f"n{i:08d}" for i in range(200)]
-    base.mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(reversed(wnids)) + "\n")  # the official file is not sorted
-    (base / "words.txt").write_text("n99999999\tunrelated\n" + "".join(f"{w}\tthing{i}, alias\n" for i, w in enumerate(wnids)))
-    used = [wnids[5], wnids[0], wnids[199]]
-    train_x, train_y = [], []
-    for k, wnid in enumerate(used):
-        for j in range(8):
-            img = RNG.integers(0, 256, (64, 64) if (k, j) == (1, 3) else (64, 64, 3), dtype=np.uint8)  # one grayscale
-            train_x.append(save_jpeg(base / "train" / wnid / "images" / f"{wnid}_{j}.JPEG", img))
-            train_y.append(wnids.index(wnid))
-        (base / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
-    test_x, test_y, lines = [], [], []
-    for j, wnid in enumerate([used[2], used[0], used[1], used[0], used[2], used[1]]):
-        test_x.append(save_jpeg(base / "val" / "images" / f"val_{j}.JPEG", RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)))
-        test_y.append(wnids.index(wnid))
-        lines.append(f"val_{j}.JPEG\t{wnid}\t0\t0\t63\t63\n")
-    (base / "val" / "val_annotations.txt").write_text("".join(lines))
-    (base / "test" / "images").mkdir(parents=True)  # unlabelled, unused
+    wnids = synthetic.tinyimagenet_wnids()
+    labels = [5, 0, 199]
+    train_images = [RNG.integers(0, 256, (64, 64) if (k, j) == (1, 3) else (64, 64, 3), dtype=np.uint8)  # one grayscale
+                    for k in range(3) for j in range(8)]
+    train_y = np.repeat(labels, 8)
+    test_images = [RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(6)]
+    test_y = np.array([199, 5, 0, 5, 199, 0])
+    train, test = synthetic.write_tinyimagenet(tmp_path / "raw", (train_images, train_y), (test_images, test_y), wnids,
+                                               [f"thing{i}" for i in range(200)])
 
     out = prepare_twice(tmp_path / "raw", tmp_path, "tinyimagenet", 0.25)
-    train = np.stack(train_x), np.array(train_y)
-    test = np.stack(test_x), np.array(test_y)
     check_prepared(out, "tinyimagenet", train, test, 0.25, [f"thing{i}" for i in range(200)])
-    gray = train_x[11]
+    gray = train[0][list(train[1]).index(0) + 3]  # label 0's fourth image, stored grayscale
     assert (gray[0] == gray[1]).all() and (gray[1] == gray[2]).all()
 
 
