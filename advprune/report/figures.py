@@ -381,7 +381,7 @@ def objective_study(study: pd.DataFrame, per_point: pd.DataFrame | None = None) 
             + [Line2D([], [], color=DENSE_COLOR, linestyle="--", label="dense (100 %)"),
                Line2D([], [], linestyle="none", label="n/a: no dense model,\nor its accuracy is 0")], title="Accuracy")
     fig.suptitle("Accuracy kept after pruning, in % of the dense model\n"
-                 "with the same pretraining objective (bold: matched pairs; 95 % bootstrap intervals)")
+                 "with the same pretraining objective (bold: matched pairs)\nerror bars: 95 % bootstrap intervals")
     return fig
 
 
