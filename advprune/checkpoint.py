@@ -157,6 +157,8 @@ def resize_to_state_dict(model: nn.Module, state_dict: dict) -> None:
                     else:
                         setattr(m, key, resized)
         if isinstance(m, nn.Conv2d):
+            if m.groups > 1:  # depthwise: one filter per channel, however many remain
+                m.groups = m.weight.shape[0]
             m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
         elif isinstance(m, nn.Linear):
             m.out_features, m.in_features = m.weight.shape

@@ -34,4 +34,4 @@ def build_model(name: str, n_classes: int, in_channels: int, image_size: tuple[i
 
 
 # Importing the modules fills the registry.
-from advprune.models import resnet, small_cnn, vgg, wrn  # noqa: E402,F401
+from advprune.models import mobilevit, resnet, small_cnn, vgg, wrn  # noqa: E402,F401

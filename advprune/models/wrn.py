@@ -1,4 +1,4 @@
-"""Wide ResNet WRN-depth-k (pre-activation), as used by HYDRA and HARP (WRN-28-4 by default)."""
+"""Wide ResNet WRN-depth-k (pre-activation): WRN-28-4 as used by HYDRA and HARP, WRN-34-10 as PwoA prunes."""
 
 import torch.nn as nn
 import torch.nn.functional as F
@@ -48,3 +48,10 @@ class WideResNet(nn.Module):
 @register_model("wrn_28_4")
 def wrn_28_4(n_classes: int, in_channels: int, image_size: tuple[int, int], width: int = 16) -> nn.Module:
     return WideResNet(28, 4, n_classes, in_channels, base=width)
+
+
+@register_model("wrn_34_10")
+def wrn_34_10(n_classes: int, in_channels: int, image_size: tuple[int, int], width: int = 16) -> nn.Module:
+    """WRN-34-10 of TRADES and LBGAT (the RobustBench zoo's `WideResNet(depth=34, widen_factor=10)`: the same
+    pre-activation blocks, no input normalisation), the network PwoA prunes."""
+    return WideResNet(34, 10, n_classes, in_channels, base=width)

@@ -26,6 +26,16 @@ norm of Li et al. 2017 ("Pruning Filters for Efficient ConvNets": sum of |w| of 
 group it adds the filters of every conv that writes into the channel (the shortcut's and each block's last
 conv), as Torch-Pruning's group importance does, rather than picking one of them arbitrarily. BatchNorm scales
 and the next layers' input weights are not counted (Li et al. count the filter only).
+
+Transformers (MobileViT): a depthwise convolution belongs to the group of the channels it filters (its filters
+are output-side filters). Torch-Pruning follows an attention head's dot products as channel-wise operations,
+so one group is one head dimension i: channel i of the head's query, key and value projections and the output
+projection's input i; removing it removes that term of every query-key product and that column of the head's
+output (the attention scale stays the dense one, advprune.models.mobilevit), so the masked model with q_i, k_i,
+v_i zeroed computes what the smaller one does. An MLP's hidden units are a plain Linear-to-Linear group. The
+embedding width that LayerNorm normalises over is never pruned: LayerNorm's mean and variance span all of it,
+so zeroing a channel changes the normalised values of the others and no masked model computes the smaller
+network's function (groups holding a LayerNorm are left whole).
 """
 
 from __future__ import annotations
@@ -85,8 +95,8 @@ def _dependency_graph(model: nn.Module, example_input: torch.Tensor):
     import torch_pruning as tp
 
     for name, m in _weight_layers(model):
-        if isinstance(m, nn.Conv2d) and m.groups != 1:
-            raise ValueError(f"structured pruning: grouped convolution {name!r} is not supported")
+        if isinstance(m, nn.Conv2d) and m.groups != 1 and not m.groups == m.in_channels == m.out_channels:
+            raise ValueError(f"structured pruning: grouped convolution {name!r} is not supported (depthwise ones are)")
     with _traceable(model):
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input[:1], verbose=False)
 
@@ -98,6 +108,8 @@ def _groups_from_graph(model: nn.Module, graph, include_first_last: bool) -> lis
     ignored = [layers[-1][1]] + ([] if include_first_last else [layers[0][1]])
     groups = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+        if any(isinstance(dep.target.module, nn.LayerNorm) for dep, _ in group):
+            continue  # a transformer's embedding width: LayerNorm's statistics span it, see the module docstring
         outputs, inputs, norms = [], {}, []
         n_channels = None
         for dep, idxs in group:
