@@ -23,6 +23,8 @@ def start_job(log: str | None, threads: int | None, device: str = "auto"):
 
 
 class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported in one line instead of the usage block and the message."""
+
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
@@ -45,7 +47,6 @@ def schema_arg(*path):
             raise argparse.ArgumentTypeError(problem)
         return value
 
-    parse.__name__ = ".".join(str(part) for part in path if not isinstance(part, int))
     return parse
 
 
