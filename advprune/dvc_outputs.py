@@ -16,7 +16,9 @@ CURVE_COLUMNS = ["epoch", "train_loss", "train_acc", "val_clean_acc", "val_robus
 
 
 def _name(value) -> str:
-    return f"{float(value):g}"
+    from advprune.config import fmt_sparsity  # the path form: distinct sparsities keep distinct metric names
+
+    return fmt_sparsity(value)
 
 
 def _intervals(rows: pd.DataFrame) -> dict:
