@@ -185,14 +185,12 @@ class BoundedModel:
 
     @staticmethod
     def _relu_relaxation(l: torch.Tensor, u: torch.Tensor):
-        """(lower slope, upper slope, upper intercept) of the adaptive CROWN relaxation."""
-        active, dead = l >= 0, u <= 0
-        unstable = ~(active | dead)
-        width = (u - l).clamp(min=1e-12)
-        up_slope = torch.where(unstable, u / width, active.to(u.dtype))
-        up_bias = torch.where(unstable, -u * l / width, torch.zeros_like(u))
-        low_slope = torch.where(unstable, (u > -l).to(u.dtype), active.to(u.dtype))
-        return low_slope, up_slope, up_bias
+        """(lower slope, upper slope, upper intercept) of the adaptive CROWN relaxation: with l^- = min(l, 0)
+        and u^+ = max(u, 0), the upper line u^+ (x - l^-) / (u^+ - l^-) is the chord when l < 0 < u, x when
+        active, 0 when dead; the lower slope is 1 when u > -l (active included), else 0."""
+        lo, hi = l.clamp(max=0), u.clamp(min=0)
+        up_slope = hi / (hi - lo).clamp(min=1e-12)
+        return (u > -l).to(u.dtype), up_slope, -up_slope * lo
 
     def _maxpool_relaxation(self, op: Op, l: torch.Tensor, u: torch.Tensor):
         o = op.options
@@ -243,15 +241,15 @@ class BoundedModel:
                     if au is not None:
                         push(a_up, j, au)
             elif op.kind == "relu":
+                # A >= 0 takes the lower relaxation, A < 0 the upper one (swapped for the upper bound); the
+                # intercept's contribution is a batched dot product, without another A-sized temporary
                 low_slope, up_slope, up_bias = self._relu_relaxation(*bounds[src])
-                low_slope, up_slope, up_bias = low_slope[:, None], up_slope[:, None], up_bias[:, None]
-                pos, neg = al.clamp(min=0), al.clamp(max=0)
-                push(a_low, src, pos * low_slope + neg * up_slope)
-                bias_low = bias_low + (neg * up_bias).flatten(2).sum(-1)
+                low_slope, up_slope, intercept = low_slope[:, None], up_slope[:, None], up_bias.flatten(1)[:, :, None]
+                push(a_low, src, al * torch.where(al >= 0, low_slope, up_slope))
+                bias_low = bias_low + (al.clamp(max=0).flatten(2) @ intercept).squeeze(-1)
                 if au is not None:
-                    pos, neg = au.clamp(min=0), au.clamp(max=0)
-                    push(a_up, src, pos * up_slope + neg * low_slope)
-                    bias_up = bias_up + (pos * up_bias).flatten(2).sum(-1)
+                    push(a_up, src, au * torch.where(au >= 0, up_slope, low_slope))
+                    bias_up = bias_up + (au.clamp(min=0).flatten(2) @ intercept).squeeze(-1)
             elif op.kind == "maxpool":
                 chosen, dominant, upper_max, k = self._maxpool_relaxation(op, *bounds[src])
                 height, width = shapes[src][-2:]
@@ -286,12 +284,14 @@ class BoundedModel:
         return sorted({op.inputs[0] for op in self.ops if op.kind in ("relu", "maxpool")})
 
     def crown(self, lower: torch.Tensor, upper: torch.Tensor, spec: torch.Tensor | None = None, x: torch.Tensor | None = None,
-              intermediate: str = "ibp", need_upper: bool = True, chunk: int = 1024):
+              intermediate: str = "ibp", need_upper: bool = True, chunk: int = 1024, ibp_result=None):
         """(lower, upper) of spec @ output over the box (spec None: the output itself). `intermediate`:
-        ibp (CROWN-IBP) or crown (full CROWN, each relaxed node bounded by CROWN within IBP's bounds)."""
+        ibp (CROWN-IBP) or crown (full CROWN, each relaxed node bounded by CROWN within IBP's bounds).
+        `ibp_result`: what `ibp()` returned for the same box, if already computed."""
         if intermediate not in ("ibp", "crown"):
             raise ValueError(f"intermediate must be 'ibp' or 'crown', not {intermediate!r}")
-        bounds, _, _, shapes, bn = self.ibp(lower, upper, x)
+        bounds, _, _, shapes, bn = ibp_result if ibp_result is not None else self.ibp(lower, upper, x)
+        bounds = list(bounds)
         if intermediate == "crown":
             for node in self._relaxed_inputs():
                 l_ibp, u_ibp = bounds[node]
