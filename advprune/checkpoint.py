@@ -164,3 +164,77 @@ def resize_to_state_dict(model: nn.Module, state_dict: dict) -> None:
             m.out_features, m.in_features = m.weight.shape
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.num_features = len(m.running_mean) if m.running_mean is not None else len(m.weight)
+
+
+# Wrappers and prefixes of plain state dicts as RobustBench stores them (DataParallel's 'module.', a wrapper's
+# 'model.'); RobustBench's load_model strips the same two.
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+PREFIXES = ("module.", "model.")
+NORMALISATION_KEYS = ("mu", "sigma", "normalize.mean", "normalize.std", "mean", "std")
+
+
+def plain_state_dict(obj, path) -> dict[str, torch.Tensor]:
+    """The tensors of a plain checkpoint: unwrapped from {'state_dict': ...} (or 'model_state_dict', 'model'),
+    without 'module.'/'model.' prefixes."""
+    for key in STATE_DICT_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(path, "neither a checkpoint of this project nor a plain state dict (parameter name -> tensor)")
+    state = {}
+    for key, value in obj.items():
+        for prefix in PREFIXES:
+            key = key.removeprefix(prefix)
+        state[key] = value
+    return state
+
+
+def load_start_model(path, arch: str, model_options: dict, data_meta: dict, device="cpu") -> tuple[nn.Module, dict]:
+    """The dense model to start from (pretrain.checkpoint / pretrain.robustbench), as architecture `arch` on the
+    dataset of `data_meta`: a dense checkpoint of ours, or a plain state dict of that architecture (for the
+    Wide ResNets also in RobustBench's `WideResNet` naming, advprune.models.wrn.from_robustbench). Returns
+    (model, {"format": "advprune" | "state_dict", "sha256": of the file}). Anything that does not fit exactly
+    (other architecture, width, number of classes, an input-normalisation layer) is a CheckpointError."""
+    from advprune.models import build_model
+    from advprune.models.wrn import from_robustbench
+
+    obj = load_torch(path)
+    shape = {"n_classes": int(data_meta["n_classes"]), "in_channels": int(data_meta["channels"]), "image_size": list(data_meta["image_size"])}
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        found = {"arch": obj["arch"], "model_options": obj["model_options"], **{k: obj[k] for k in shape}}
+        wanted = {"arch": arch, "model_options": dict(model_options), **shape}
+        if found != wanted:
+            diff = ", ".join(f"{k} {found[k]!r} (the run: {wanted[k]!r})" for k in wanted if found[k] != wanted[k])
+            raise CheckpointError(path, f"a checkpoint of another network: {diff}")
+        if obj.get("structured") or obj.get("masks") is not None:
+            raise CheckpointError(path, "a pruned checkpoint: the start must be the dense model")
+        model, _ = load_model(path, device)
+        return model, {"format": "advprune", "sha256": _sha256(path)}
+    state = plain_state_dict(obj, path)
+    normalisation = sorted(k for k in state if k in NORMALISATION_KEYS)
+    if normalisation:
+        raise CheckpointError(path, f"the network normalises its inputs inside ({', '.join(normalisation)}); "
+                                    f"{arch} takes [0, 1] inputs without a normalisation layer, so these weights would see other inputs than they were trained on")
+    model = build_model(arch, shape["n_classes"], shape["in_channels"], shape["image_size"], **model_options)
+    if arch.startswith("wrn_") and not set(state) <= set(model.state_dict()):
+        state = from_robustbench(state)
+    missing, unexpected = sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict()))
+    wrong = [k for k in set(state) & set(model.state_dict()) if state[k].shape != model.state_dict()[k].shape]
+    if missing or unexpected or wrong:
+        listed = lambda keys: ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")  # noqa: E731
+        problems = [f"missing {listed(missing)}"] * bool(missing) + [f"unexpected {listed(unexpected)}"] * bool(unexpected)
+        problems += [f"other shapes for {listed(sorted(wrong))}"] * bool(wrong)
+        raise CheckpointError(path, f"not a state dict of {arch} {model_options or ''} for {shape['n_classes']} classes: {'; '.join(problems)}")
+    model.load_state_dict(state)
+    return model.to(device), {"format": "state_dict", "sha256": _sha256(path)}
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -205,7 +205,60 @@ def validate(config: dict) -> dict:
         _fill_defaults(spec, method_schemas[name], method_schemas[name])
     _check_studies(config)
     _check_sparsities(config)
+    _check_start(config)
     return config
+
+
+def _check_start(config: dict) -> None:
+    for key in ("checkpoint", "robustbench"):
+        if config["finetune"].get(key) is not None:
+            raise ConfigError(f"config key 'finetune.{key}': only pretraining starts from a checkpoint (set pretrain.{key})")
+    pretrain = config["pretrain"]
+    if pretrain.get("checkpoint") is not None and pretrain.get("robustbench") is not None:
+        raise ConfigError("config key 'pretrain.robustbench': set either pretrain.checkpoint or pretrain.robustbench, not both")
+    model = (pretrain.get("robustbench") or {}).get("model")
+    if isinstance(model, dict):
+        for dataset in config["datasets"]:
+            if dataset not in model:
+                raise ConfigError(f"config key 'pretrain.robustbench.model': no model named for dataset {dataset!r} (named: {', '.join(model)})")
+
+
+def start_checkpoint(config: dict, dataset: str, arch: str) -> dict | None:
+    """Where the dense model of (dataset, arch) comes from when it is not trained: {"path", "source", and for
+    RobustBench "robustbench": {model, dataset, threat_model}}, or None (pretraining trains it)."""
+    pretrain = config["pretrain"]
+    if pretrain.get("checkpoint") is not None:
+        return {"path": pretrain["checkpoint"].format(dataset=dataset, arch=arch), "source": "pretrain.checkpoint"}
+    rb = pretrain.get("robustbench")
+    if rb is None:
+        return None
+    name = rb["model"][dataset] if isinstance(rb["model"], dict) else rb["model"]
+    zoo = {"model": name, "dataset": rb.get("dataset", dataset), "threat_model": rb.get("threat_model", "Linf")}
+    path = Path(rb.get("root", "models")) / zoo["dataset"] / zoo["threat_model"] / f"{name}.pt"
+    return {"path": str(path), "source": "pretrain.robustbench", "robustbench": zoo}
+
+
+def missing_start_checkpoint(start: dict) -> str | None:
+    """One line saying where to put a start checkpoint that is not there (downloads are the user's to make)."""
+    if Path(start["path"]).is_file():
+        return None
+    if "robustbench" in start:
+        zoo = start["robustbench"]
+        root = Path(start["path"]).parents[2]
+        return (f"config key '{start['source']}': {start['path']} not found: put RobustBench's {zoo['model']!r} ({zoo['dataset']}, {zoo['threat_model']}) "
+                f"checkpoint there (robustbench.utils.load_model({zoo['model']!r}, model_dir='{root}', dataset='{zoo['dataset']}', "
+                f"threat_model='{zoo['threat_model']}') downloads it to that path)")
+    return f"config key '{start['source']}': {start['path']} not found: put the dense checkpoint to start from there"
+
+
+def check_start_checkpoints(config: dict) -> None:
+    """Every (dataset, arch) of the run that starts from a checkpoint finds its file; raises ConfigError otherwise."""
+    for dataset in config["datasets"]:
+        for arch in config["archs"]:
+            start = start_checkpoint(config, dataset, arch)
+            missing = start and missing_start_checkpoint(start)
+            if missing:
+                raise ConfigError(missing)
 
 
 def _check_studies(config: dict) -> None:
@@ -268,7 +321,8 @@ def fetch_params(config: dict, dataset: str) -> dict:
     })
 
 
-def _training(config: dict, section: str, override: dict | None = None) -> dict:
+def _training(config: dict, section: str, dataset: str, override: dict | None = None) -> dict:
+    """A training section's settings, with the dataset's augmentation (it is part of how the model trains)."""
     cfg = {**config[section], **(override or {})}
     objective = cfg.get("objective") or config["pretrain"]["objective"]
     out = {k: cfg[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule")}
@@ -281,14 +335,20 @@ def _training(config: dict, section: str, override: dict | None = None) -> dict:
     if objective in ("ibp", "crown_ibp"):
         out["eps_ramp_epochs"] = cfg.get("eps_ramp_epochs", config["pretrain"].get("eps_ramp_epochs", 0))
         out["kappa"] = cfg.get("kappa", config["pretrain"].get("kappa", 0.0))
+    out["augmentation"] = config["data"]["augmentation"][dataset]
     return out
 
 
-def pretrain_params(config: dict, arch: str, objective: str | None = None) -> dict:
-    """`objective` replaces the pretraining objective (the objectives study)."""
-    train = _training(config, "pretrain", {"objective": objective} if objective else None)
-    return _canonical({"model": config["models"].get(arch, {}), "threat_model": config["threat_model"], "train": train, "device": config["device"],
-                       "fast_path": config["fast_path"]})
+def pretrain_params(config: dict, arch: str, objective: str | None = None, *, dataset: str) -> dict:
+    """`objective` replaces the pretraining objective (the objectives study, which trains even where the main
+    pretraining starts from a checkpoint: `start`, see start_checkpoint)."""
+    train = _training(config, "pretrain", dataset, {"objective": objective} if objective else None)
+    params = {"model": config["models"].get(arch, {}), "threat_model": config["threat_model"], "train": train, "device": config["device"],
+              "fast_path": config["fast_path"]}
+    start = None if objective else start_checkpoint(config, dataset, arch)  # the objectives study trains its own
+    if start is not None:  # nothing is trained: the training settings would only trigger needless re-runs
+        params = {**{k: v for k, v in params.items() if k != "train"}, "start": start}
+    return _canonical(params)
 
 
 def sensitivity_params(config: dict) -> dict:
@@ -302,12 +362,12 @@ def method_spec(config: dict, key: str) -> dict:
     return spec
 
 
-def prune_params(config: dict, key: str, pretrain_objective: str | None = None) -> dict:
+def prune_params(config: dict, key: str, pretrain_objective: str | None = None, *, dataset: str) -> dict:
     return _canonical({
         "method": method_spec(config, key),
         "include_first_last": config["prune"]["include_first_last"],
         "threat_model": config["threat_model"],
-        "objective": _training(config, "pretrain", {"objective": pretrain_objective} if pretrain_objective else None),
+        "objective": _training(config, "pretrain", dataset, {"objective": pretrain_objective} if pretrain_objective else None),
         "device": config["device"],
         "fast_path": config["fast_path"],
     })
@@ -316,7 +376,7 @@ def prune_params(config: dict, key: str, pretrain_objective: str | None = None) 
 FINETUNE_MODES = ("none", "natural", "adversarial")
 
 
-def finetune_params(config: dict, key: str | None = None, mode: str | None = None, objective: str | None = None) -> dict:
+def finetune_params(config: dict, key: str | None = None, mode: str | None = None, objective: str | None = None, *, dataset: str) -> dict:
     """Fine-tuning of method `key`: the finetune section, then the method's own `finetune` override; a study's
     `mode` (none | natural | adversarial = the finetune section's objective) or `objective` replaces both."""
     override = config["prune"]["methods"][key].get("finetune") if key else None
@@ -326,7 +386,7 @@ def finetune_params(config: dict, key: str | None = None, mode: str | None = Non
         override = {"objective": objective}
     if override == "none":
         override = {"epochs": 0}
-    return _canonical({"threat_model": config["threat_model"], "train": _training(config, "finetune", override), "device": config["device"],
+    return _canonical({"threat_model": config["threat_model"], "train": _training(config, "finetune", dataset, override), "device": config["device"],
                        "fast_path": config["fast_path"]})
 
 

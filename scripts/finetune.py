@@ -2,6 +2,7 @@
 
 from advprune.checkpoint import load_model, save_model
 from advprune.data import load_meta, load_split
+from advprune.data.augment import Augmentation
 from advprune.entry import add_training_outputs, existing_file, load_config, parser, remove_resume_state, schema_arg, start_job, write_csv
 from advprune.provenance import provenance
 from advprune.training import from_params, train
@@ -12,7 +13,8 @@ def main(model_path, data_dir, seed, params, out_model, out_curve, resume_path, 
     model, ckpt = load_model(model_path, device)
     masks = {k: v.to(device) for k, v in (ckpt["masks"] or {}).items()}
     objective, settings, val_attack = from_params(params["train"], params["threat_model"]["eps"])
-    curve = train(model, objective, load_split(data_dir, "train", device), load_split(data_dir, "val", device), settings, seed, resume_path, val_attack,
+    curve = train(model, objective, load_split(data_dir, "train", device, augmentation=Augmentation.from_params(params["train"]["augmentation"])),
+                  load_split(data_dir, "val", device), settings, seed, resume_path, val_attack,
                   masks=masks, fingerprint_extra={"params": params, "source": ckpt["meta"], "code": code_hash}, desc="finetune", fast_path=params["fast_path"])
     write_csv(curve, out_curve, header=["epoch"])  # a header even when there are no epochs (fine-tuning mode none)
     save_model(out_model, model, ckpt["arch"], ckpt["model_options"], load_meta(data_dir), masks=ckpt["masks"],
@@ -32,7 +34,7 @@ def cli(argv=None):
     from advprune.config import fetch_params, finetune_params
 
     config = load_config(a.config, a.method)
-    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.seed, finetune_params(config, a.method, a.mode), a.out_model, a.out_curve, a.resume, a.threads, a.log)
+    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.seed, finetune_params(config, a.method, a.mode, dataset=a.dataset), a.out_model, a.out_curve, a.resume, a.threads, a.log)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,28 @@
-"""Adversarially pretrain one dense model per (dataset, arch, seed); resumes after a kill."""
+"""Adversarially pretrain one dense model per (dataset, arch, seed); resumes after a kill. With pretrain.checkpoint or
+pretrain.robustbench the dense model is that checkpoint, converted to ours instead of trained."""
 
-from advprune.checkpoint import save_model
+import logging
+
+from advprune.checkpoint import load_start_model, save_model
+from advprune.config import missing_start_checkpoint
 from advprune.data import load_meta, load_split
+from advprune.data.augment import Augmentation
 from advprune.entry import add_training_outputs, load_config, parser, remove_resume_state, schema_arg, start_job, write_csv
 from advprune.models import build_model
 from advprune.provenance import provenance
 from advprune.runtime import seed_everything
 from advprune.training import from_params, train
 
+logger = logging.getLogger("advprune.pretrain")
+
 
 def main(data_dir, arch, seed, params, out_model, out_curve, resume_path, threads=1, log=None, code_hash=None):
     device = start_job(log, threads, params["device"])
     meta = load_meta(data_dir)
-    train_split, val_split = load_split(data_dir, "train", device), load_split(data_dir, "val", device)
+    if "start" in params:
+        return start_from_checkpoint(meta, arch, seed, params, out_model, out_curve, device, code_hash)
+    augmentation = Augmentation.from_params(params["train"]["augmentation"])
+    train_split, val_split = load_split(data_dir, "train", device, augmentation=augmentation), load_split(data_dir, "val", device)
     seed_everything(seed)
     model = build_model(arch, meta["n_classes"], meta["channels"], meta["image_size"], **params["model"]).to(device)
     objective, settings, val_attack = from_params(params["train"], params["threat_model"]["eps"])
@@ -20,6 +30,20 @@ def main(data_dir, arch, seed, params, out_model, out_curve, resume_path, thread
     write_csv(curve, out_curve, header=["epoch"])
     save_model(out_model, model, arch, params["model"], meta, meta={"provenance": provenance(params, seed, device, code_hash), "final": curve[-1] if curve else {}})
     remove_resume_state(resume_path)
+
+
+def start_from_checkpoint(meta, arch, seed, params, out_model, out_curve, device, code_hash):
+    """The dense model is an existing one (pretrain.checkpoint / pretrain.robustbench): converted, not trained.
+    The curve file has its header and no epochs, as after a fine-tuning of zero epochs."""
+    start = params["start"]
+    missing = missing_start_checkpoint(start)
+    if missing:
+        raise SystemExit(f"advprune: {missing}")
+    model, source = load_start_model(start["path"], arch, params["model"], meta, device)
+    logger.info("pretrain %s: started from %s (%s, sha256 %s), not trained", arch, start["path"], source["format"], source["sha256"][:12])
+    write_csv([], out_curve, header=["epoch"])
+    save_model(out_model, model, arch, params["model"], meta, meta={"provenance": provenance(params, seed, device, code_hash), "final": {},
+                                                                  "start": {**start, **source}})
 
 
 def cli(argv=None):
@@ -32,7 +56,7 @@ def cli(argv=None):
     from advprune.config import fetch_params, pretrain_params
 
     config = load_config(a.config)
-    main(fetch_params(config, a.dataset)["out_dir"], a.arch, a.seed, pretrain_params(config, a.arch), a.out_model, a.out_curve, a.resume, a.threads, a.log)
+    main(fetch_params(config, a.dataset)["out_dir"], a.arch, a.seed, pretrain_params(config, a.arch, dataset=a.dataset), a.out_model, a.out_curve, a.resume, a.threads, a.log)
 
 
 if __name__ == "__main__":

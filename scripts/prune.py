@@ -2,6 +2,7 @@
 
 from advprune.checkpoint import build_dense, load_model, save_model, write_json
 from advprune.data import load_meta, load_split
+from advprune.data.augment import Augmentation
 from advprune.entry import existing_file, load_config, parser, remove_resume_state, schema_arg, start_job
 from advprune.provenance import provenance
 from advprune.pruning import PruneContext, build_method, layer_sparsity
@@ -15,7 +16,7 @@ def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sens
     options = dict(params["method"])
     method = build_method(options.pop("method"), **options)
     context = PruneContext(
-        train=load_split(data_dir, "train", device),
+        train=load_split(data_dir, "train", device, augmentation=Augmentation.from_params(params["objective"]["augmentation"])),
         val=load_split(data_dir, "val", device),
         threat_model=params["threat_model"],
         objective=params["objective"],
@@ -63,7 +64,7 @@ def cli(argv=None):
     from advprune.config import fetch_params, prune_params
 
     config = load_config(a.config, a.method)
-    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.sparsity, a.seed, prune_params(config, a.method), a.out_model, a.out_info, a.sensitivity, a.threads, a.log,
+    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.sparsity, a.seed, prune_params(config, a.method, dataset=a.dataset), a.out_model, a.out_info, a.sensitivity, a.threads, a.log,
          resume_prefix=a.resume_prefix)
 
 

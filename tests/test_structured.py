@@ -7,7 +7,7 @@ import torch.nn as nn
 import yaml
 
 from advprune.checkpoint import load_model, load_torch, save_model
-from advprune.config import evaluate_params, finetune_params, prune_params
+from advprune.config import evaluate_params, finetune_params, prune_params, validate
 from advprune.data import load_split
 from advprune.evaluation import model_statistics
 from advprune.models import build_model
@@ -223,10 +223,11 @@ def test_prune_finetune_and_evaluate_scripts_handle_a_structured_model(digits_di
     config["finetune"].update(epochs=1, batch_size=256)
     config["evaluate"].update(n_examples=8, batch_size=8, pgd={"steps": 2, "restarts": 1, "step_size": 0.05},
                               latency={"batch_size": 16, "warmup": 1, "repeats": 3})
+    config = validate({**config, "studies": {}})
     dense = _model("resnet18", 4)
     save_model(tmp_path / "dense.pt", dense, "resnet18", {"width": 4}, META)
 
-    _script("prune").main(str(tmp_path / "dense.pt"), digits_dir, 0.5, 0, prune_params(config, "l1_filter"),
+    _script("prune").main(str(tmp_path / "dense.pt"), digits_dir, 0.5, 0, prune_params(config, "l1_filter", dataset="digits"),
                           str(tmp_path / "p.pt"), str(tmp_path / "p.json"))
     info = json.loads((tmp_path / "p.json").read_text())
     pruned, ckpt = load_model(tmp_path / "p.pt")
@@ -235,7 +236,7 @@ def test_prune_finetune_and_evaluate_scripts_handle_a_structured_model(digits_di
     assert abs(info["sparsity_measured"] - 0.5) < 0.05  # width 4: coarse channel granularity
     assert info["info"]["channels"]["layer4.0.conv1"][1] == 32
 
-    _script("finetune").main(str(tmp_path / "p.pt"), digits_dir, 0, finetune_params(config),
+    _script("finetune").main(str(tmp_path / "p.pt"), digits_dir, 0, finetune_params(config, dataset="digits"),
                              str(tmp_path / "f.pt"), str(tmp_path / "f.csv"), str(tmp_path / "f.state.pt"))
     tuned, tuned_ckpt = load_model(tmp_path / "f.pt")
     assert tuned_ckpt["structured"]

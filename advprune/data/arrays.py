@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from advprune.data.augment import Augmentation
+
 SPLITS = ("train", "val", "test")
 
 
@@ -78,7 +80,7 @@ def _read_prepared(path: Path, read):
 class ArraySplit:
     """A whole split in memory as uint8 (a quarter of float32's size); batches become float in [0,1] on the fly."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, pixel_max: int):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, pixel_max: int, augmentation: Augmentation | None = None):
         if x.dtype != torch.uint8 or y.dtype != torch.int64 or x.ndim != 4 or len(x) != len(y):
             raise ValueError(
                 f"expected uint8 N×C×H×W x and int64 N y, got {x.dtype} {tuple(x.shape)}, {y.dtype} {tuple(y.shape)}"
@@ -86,12 +88,13 @@ class ArraySplit:
         self.x = x.contiguous()
         self.y = y
         self.pixel_max = int(pixel_max)
+        self.augmentation = augmentation  # applied to batches(augment=True): training batches only
 
     def __len__(self) -> int:
         return len(self.y)
 
     def to(self, device) -> ArraySplit:
-        return ArraySplit(self.x.to(device), self.y.to(device), self.pixel_max)
+        return ArraySplit(self.x.to(device), self.y.to(device), self.pixel_max, self.augmentation)
 
     def _scale(self, x: torch.Tensor) -> torch.Tensor:
         return x.float().div_(self.pixel_max)
@@ -105,7 +108,10 @@ class ArraySplit:
         shuffle: bool = False,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        augment: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`augment`: pass each batch through the split's augmentation (if it has one), drawing from `generator`."""
+        augmentation = self.augmentation if augment else None
         n = len(self)
         # randperm on the generator's device (CPU unless given a CUDA one), then indices move to the data
         order = None
@@ -118,14 +124,17 @@ class ArraySplit:
             else:
                 idx = order[start : start + batch_size].to(self.x.device)
                 xb, yb = self.x[idx], self.y[idx]
+            if augmentation is not None:
+                xb = augmentation(xb, generator)
             yield self._scale(xb), yb
 
 
-def load_split(data_dir: str | os.PathLike, split: str, device="cpu", n: int | None = None) -> ArraySplit:
-    """The prepared `split` (train/val/test), or its first `n` examples, on `device`."""
+def load_split(data_dir: str | os.PathLike, split: str, device="cpu", n: int | None = None, augmentation: Augmentation | None = None) -> ArraySplit:
+    """The prepared `split` (train/val/test), or its first `n` examples, on `device`; `augmentation` is what its
+    training batches get (ArraySplit.batches(augment=True))."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     meta = load_meta(data_dir)
     # mmap, then copy only the rows asked for: a few examples of a big dataset load instantly
     x, y = (_read_prepared(Path(data_dir) / f"{split}_{xy}.npy", lambda p: np.load(p, mmap_mode="r")[:n]) for xy in "xy")
-    return ArraySplit(torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y)), meta["pixel_max"]).to(device)
+    return ArraySplit(torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y)), meta["pixel_max"], augmentation).to(device)

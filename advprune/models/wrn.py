@@ -55,3 +55,24 @@ def wrn_34_10(n_classes: int, in_channels: int, image_size: tuple[int, int], wid
     """WRN-34-10 of TRADES and LBGAT (the RobustBench zoo's `WideResNet(depth=34, widen_factor=10)`: the same
     pre-activation blocks, no input normalisation), the network PwoA prunes."""
     return WideResNet(34, 10, n_classes, in_channels, base=width)
+
+
+def from_robustbench(state: dict) -> dict:
+    """A state dict in the naming of RobustBench's (and TRADES') `WideResNet` -> ours: `block{s}.layer.{j}.*` ->
+    `blocks.{n*(s-1)+j}.*`, `convShortcut` -> `shortcut`, the final `bn1` -> `bn`. `sub_block1.*` (a block
+    LBGAT's and TRADES' checkpoints carry but whose forward never runs) is dropped; the blocks are the same
+    pre-activation blocks, so the converted weights compute the same function."""
+    per_stage = 1 + max((int(k.split(".")[2]) for k in state if k.startswith("block1.layer.")), default=-1)
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "sub_block1":
+            continue
+        if parts[0] in ("block1", "block2", "block3") and parts[1] == "layer":
+            stage, j = int(parts[0][-1]) - 1, int(parts[2])
+            rest = ["shortcut" if p == "convShortcut" else p for p in parts[3:]]
+            key = ".".join(["blocks", str(stage * per_stage + j), *rest])
+        elif parts[0] == "bn1":
+            key = ".".join(["bn", *parts[1:]])
+        out[key] = value
+    return out

@@ -3,7 +3,8 @@
 Resume: after every epoch the full training state (model, optimizer, scheduler, curve) is written atomically
 to `resume_path`, which lies outside Snakemake's declared outputs (Snakemake deletes those when a job fails).
 Every epoch re-seeds the RNGs from (seed, epoch), so a run resumed from epoch k draws exactly the numbers an
-uninterrupted run draws: same seed, same final weights. The state carries a fingerprint of the settings;
+uninterrupted run draws: same seed, same final weights (the training split's augmentation,
+advprune.data.augment, draws from that epoch's generator too). The state carries a fingerprint of the settings;
 a state written under other settings is ignored rather than resumed. A state that cannot be read (a torn copy,
 a full disk) is moved aside to `<resume_path>.unreadable` with a warning and training starts from epoch 0: it
 is never half-used, and it cannot block the job on every re-run.
@@ -139,7 +140,9 @@ def train(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.1 ** ((epoch % settings.cycle) // max(settings.cycle // 3, 1)))
     else:
         raise ValueError(f"unknown schedule {settings.schedule!r}")
-    fingerprint = _fingerprint(settings, {"seed": seed, "objective": objective.name, "fast_path": fast.describe(), **(fingerprint_extra or {})})
+    augmentation = getattr(train_split, "augmentation", None)
+    fingerprint = _fingerprint(settings, {"seed": seed, "objective": objective.name, "fast_path": fast.describe(),
+                                          "augmentation": augmentation.describe() if augmentation else "none", **(fingerprint_extra or {})})
 
     curve: list[dict] = []
     start_epoch = 0
@@ -160,7 +163,7 @@ def train(
         masks = {name: mask.to(by_name[name].dtype) for name, mask in masks.items()}
     apply_masks(model, masks)
     if settings.epochs > start_epoch:
-        log.info("%s: %s on %s", desc, fast.describe(), fast.device_type)
+        log.info("%s: %s on %s; augmentation: %s", desc, fast.describe(), fast.device_type, augmentation.describe() if augmentation else "none")
 
     for epoch in range(start_epoch, settings.epochs):
         seed_everything(seed * 100_003 + epoch)
@@ -173,7 +176,7 @@ def train(
         seen = 0
         n_batches = -(-len(train_split) // settings.batch_size)
         objective.epoch_start(epoch, n_batches)
-        batches = train_split.batches(settings.batch_size, shuffle=True, generator=shuffle)
+        batches = train_split.batches(settings.batch_size, shuffle=True, generator=shuffle, augment=True)
         for x, y in progress(batches, f"{desc} epoch {epoch + 1}/{settings.epochs}", total=n_batches):
             loss, logits = training_step(model, objective, optimizer, x, y, fast, masks)
             total_loss += loss.detach().double() * len(y)

@@ -8,6 +8,7 @@ from advprune.codehash import code_hash
 try:
     cfg.type_overrides(config, workflow.config_settings.overwrite_config)
     cfg.validate(config)
+    cfg.check_start_checkpoints(config)
 except cfg.ConfigError as error:
     # One line naming the key, before any job runs (nothing already computed is touched).
     sys.exit(f"advprune: {error}")
@@ -65,15 +66,22 @@ def data_files(wildcards):
 
 
 def pretrain_settings(wildcards):
-    return cfg.pretrain_params(config, wildcards.arch)
+    return cfg.pretrain_params(config, wildcards.arch, dataset=wildcards.dataset)
+
+
+def start_checkpoint(wildcards):
+    """The checkpoint the dense model starts from (pretrain.checkpoint / pretrain.robustbench), if any: an input,
+    so that a replaced file re-runs the conversion and everything after it."""
+    start = cfg.start_checkpoint(config, wildcards.dataset, wildcards.arch)
+    return [start["path"]] if start else []
 
 
 def prune_settings(wildcards):
-    return cfg.prune_params(config, wildcards.method, wildcards.get("pre"))
+    return cfg.prune_params(config, wildcards.method, wildcards.get("pre"), dataset=wildcards.dataset)
 
 
 def finetune_settings(wildcards):
-    return cfg.finetune_params(config, wildcards.method, wildcards.get("mode"), wildcards.get("ft"))
+    return cfg.finetune_params(config, wildcards.method, wildcards.get("mode"), wildcards.get("ft"), dataset=wildcards.dataset)
 
 
 def eval_labels(wildcards):
@@ -111,7 +119,7 @@ def pruned_model(wildcards):
 
 def finetuned_model(wildcards):
     """A study's fine-tuned model; the main pipeline's one wherever the settings are the same (no recompute)."""
-    if wildcards.get("pre", OBJECTIVE) == OBJECTIVE and finetune_settings(wildcards) == cfg.finetune_params(config, wildcards.method):
+    if wildcards.get("pre", OBJECTIVE) == OBJECTIVE and finetune_settings(wildcards) == cfg.finetune_params(config, wildcards.method, dataset=wildcards.dataset):
         return "results/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/model.pt".format(**wildcards)
     if "mode" in wildcards.keys():
         return "results/studies/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/{mode}/model.pt".format(**wildcards)

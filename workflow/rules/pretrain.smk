@@ -1,6 +1,7 @@
 rule pretrain:
     input:
         data=data_files,
+        start=start_checkpoint,
     output:
         model="results/pretrain/{dataset}/{arch}/seed{seed}/model.pt",
         curve="results/pretrain/{dataset}/{arch}/seed{seed}/curve.csv",

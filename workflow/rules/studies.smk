@@ -64,7 +64,7 @@ rule study_objectives_pretrain:
         model="results/studies/objectives/{dataset}/{arch}/seed{seed}/{pre}/pretrain/model.pt",
         curve="results/studies/objectives/{dataset}/{arch}/seed{seed}/{pre}/pretrain/curve.csv",
     params:
-        settings=lambda w: cfg.pretrain_params(config, w.arch, w.pre),
+        settings=lambda w: cfg.pretrain_params(config, w.arch, w.pre, dataset=w.dataset),
         data_dir=data_dir,
         resume=resume_path,
         code=code("pretrain.py"),
