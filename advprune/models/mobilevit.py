@@ -1,14 +1,15 @@
 """MobileViT (v1) xxs / xs / s, after Mehta & Rastegari 2022 ("MobileViT: Light-weight, General-purpose, and
 Mobile-friendly Vision Transformer", ICLR), our own module rather than timm's.
 
-Why not timm: timm's `mobilevit_*` runs its attention as one fused qkv Linear reshaped into heads, and a
-channel of that Linear mixes query, key and value of every head, which Torch-Pruning's dependency graph cannot
-split into head dimensions (timm's models need Torch-Pruning's ViT-specific head handling, outside the generic
-channel groups advprune.pruning._structured uses). Here every head has its own query, key and value
-projections, so the generic groups cover attention too: one head dimension (query, key and value channel i of
-a head, with the output projection's input i), the MLP's hidden units, and every convolution's channels; the
-smaller network computes what the masked one computes. The attention scale stays that of the dense head
-width, so removing a head dimension removes exactly its term of the dot products.
+Why not timm (1.0.31, checked with the pinned torch): timm's `mobilevit_xxs` runs on 32x32 inputs, but with the
+ImageNet stem its transformer blocks see 4x4, 2x2 and 1x1 maps, and it runs attention as one fused qkv Linear
+reshaped into heads: Torch-Pruning's groups treat that Linear's 3·d outputs as plain channels, and removing some
+breaks the reshape into heads (remove_channels on it fails with "shape ... is invalid"). Here every head has
+its own query, key and value projections, so the generic groups of advprune.pruning._structured cover attention
+too: one head dimension (query, key and value channel i of a head, with the output projection's input i), the
+MLP's hidden units, and every convolution's channels; the smaller network computes what the masked one
+computes. The attention scale stays that of the dense head width, so removing a head dimension removes exactly
+its term of the dot products.
 
 Layout (paper, Table 4 and §B): stem conv3×3 → MV2 → 3 MV2 (stride 2 first) → [MV2 stride 2 → MobileViT
 block] × 3 → conv1×1 → global pool → linear; MV2 = MobileNetV2 inverted residual (expansion 4, 2 for xxs);
