@@ -215,7 +215,8 @@ def load_start_model(path, arch: str, model_options: dict, data_meta: dict, devi
     normalisation = sorted(k for k in state if k in NORMALISATION_KEYS)
     if normalisation:
         raise CheckpointError(path, f"the network normalises its inputs inside ({', '.join(normalisation)}); "
-                                    f"{arch} takes [0, 1] inputs without a normalisation layer, so these weights would see other inputs than they were trained on")
+                                    f"{arch} takes [0, 1] inputs without a normalisation layer, so these weights would see other inputs "
+                                    "than they were trained on")
     model = build_model(arch, shape["n_classes"], shape["in_channels"], shape["image_size"], **model_options)
     if arch.startswith("wrn_") and not set(state) <= set(model.state_dict()):
         state = from_robustbench(state)

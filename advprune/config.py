@@ -245,7 +245,8 @@ def missing_start_checkpoint(start: dict) -> str | None:
     if "robustbench" in start:
         zoo = start["robustbench"]
         root = Path(start["path"]).parents[2]
-        return (f"config key '{start['source']}': {start['path']} not found: put RobustBench's {zoo['model']!r} ({zoo['dataset']}, {zoo['threat_model']}) "
+        return (f"config key '{start['source']}': {start['path']} not found: "
+                f"put RobustBench's {zoo['model']!r} ({zoo['dataset']}, {zoo['threat_model']}) "
                 f"checkpoint there (robustbench.utils.load_model({zoo['model']!r}, model_dir='{root}', dataset='{zoo['dataset']}', "
                 f"threat_model='{zoo['threat_model']}') downloads it to that path)")
     return f"config key '{start['source']}': {start['path']} not found: put the dense checkpoint to start from there"

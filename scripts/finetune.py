@@ -34,7 +34,8 @@ def cli(argv=None):
     from advprune.config import fetch_params, finetune_params
 
     config = load_config(a.config, a.method)
-    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.seed, finetune_params(config, a.method, a.mode, dataset=a.dataset), a.out_model, a.out_curve, a.resume, a.threads, a.log)
+    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.seed, finetune_params(config, a.method, a.mode, dataset=a.dataset), a.out_model, a.out_curve,
+         a.resume, a.threads, a.log)
 
 
 if __name__ == "__main__":

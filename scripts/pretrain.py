@@ -56,7 +56,8 @@ def cli(argv=None):
     from advprune.config import fetch_params, pretrain_params
 
     config = load_config(a.config)
-    main(fetch_params(config, a.dataset)["out_dir"], a.arch, a.seed, pretrain_params(config, a.arch, dataset=a.dataset), a.out_model, a.out_curve, a.resume, a.threads, a.log)
+    main(fetch_params(config, a.dataset)["out_dir"], a.arch, a.seed, pretrain_params(config, a.arch, dataset=a.dataset), a.out_model, a.out_curve, a.resume,
+         a.threads, a.log)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def cli(argv=None):
     from advprune.config import fetch_params, prune_params
 
     config = load_config(a.config, a.method)
-    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.sparsity, a.seed, prune_params(config, a.method, dataset=a.dataset), a.out_model, a.out_info, a.sensitivity, a.threads, a.log,
+    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.sparsity, a.seed, prune_params(config, a.method, dataset=a.dataset), a.out_model, a.out_info,
+         a.sensitivity, a.threads, a.log,
          resume_prefix=a.resume_prefix)
 
 

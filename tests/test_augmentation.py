@@ -78,8 +78,8 @@ def test_per_dataset_defaults_and_a_bad_entry_named(tmp_path):
     assert aug["digits"] == {"crop": 0, "flip": False} and Augmentation.from_params(aug["digits"]) is None  # measured to hurt (README)
     assert pretrain_params(config, "small_cnn", dataset="cifar10")["train"]["augmentation"] == {"crop": 4, "flip": True}
     # the dataset's augmentation is part of its training params: changing cifar10's re-runs only cifar10's jobs
-    assert pretrain_params(config, "small_cnn", dataset="digits") == pretrain_params(validate({**config, "data": {**config["data"], "augmentation": {}}}),
-                                                                                       "small_cnn", dataset="digits")
+    reset = validate({**config, "data": {**config["data"], "augmentation": {}}})
+    assert pretrain_params(config, "small_cnn", dataset="digits") == pretrain_params(reset, "small_cnn", dataset="digits")
     config["data"]["augmentation"] = {"cifar10": {"crop": 4}}
     with pytest.raises(ConfigError, match=r"'data.augmentation.cifar10': 'flip' is a required property"):
         validate(config)

@@ -41,7 +41,9 @@ class Augmentation:
             left = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=device).to(x.device)
             rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # N×1×H×1
             cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # N×1×1×W
-            x = padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+            images = torch.arange(n, device=x.device)[:, None, None, None]
+            channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+            x = padded[images, channels, rows, cols]
         if self.flip:
             flipped = torch.rand(n, generator=generator, device=device).to(x.device) < 0.5
             x = torch.where(flipped[:, None, None, None], x.flip(3), x)

@@ -119,7 +119,8 @@ def pruned_model(wildcards):
 
 def finetuned_model(wildcards):
     """A study's fine-tuned model; the main pipeline's one wherever the settings are the same (no recompute)."""
-    if wildcards.get("pre", OBJECTIVE) == OBJECTIVE and finetune_settings(wildcards) == cfg.finetune_params(config, wildcards.method, dataset=wildcards.dataset):
+    if wildcards.get("pre", OBJECTIVE) == OBJECTIVE and \
+            finetune_settings(wildcards) == cfg.finetune_params(config, wildcards.method, dataset=wildcards.dataset):
         return "results/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/model.pt".format(**wildcards)
     if "mode" in wildcards.keys():
         return "results/studies/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/{mode}/model.pt".format(**wildcards)
