@@ -8,7 +8,10 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 import pyautoattack
+from advprune.attacks.apgd import apgd_ce, apgd_targeted
 from advprune.attacks.autoattack import AutoAttack
+from advprune.attacks.fab import fab_targeted
+from advprune.attacks.square import square_linf
 
 torch.set_num_threads(2)
 
@@ -112,27 +115,66 @@ def test_result_is_valid(setup, ours, norm, eps):
     assert torch.equal(result.x_adv[result.robust], x[result.robust])
 
 
-def test_target_classes_with_few_classes(monkeypatch):
+def original_part(name: str, model: nn.Module, norm: str, eps: float, n_targets: int = 9):
+    """One part of the original, set up as its standard version runs it (autoattack.py, `_set_version`)."""
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+    from pyautoattack.fab_pt import FABAttack_PT
+    from pyautoattack.square import SquareAttack
+
+    if name == "apgd-ce":
+        return APGDAttack(model, n_restarts=1, n_iter=100, eps=eps, norm=norm, rho=0.75, seed=0, loss="ce")
+    if name == "apgd-t":
+        return APGDAttack_targeted(model, n_restarts=1, n_iter=100, eps=eps, norm=norm, rho=0.75, seed=0, n_target_classes=n_targets)
+    if name == "fab-t":
+        return FABAttack_PT(model, n_restarts=1, n_iter=100, eps=eps, norm=norm, seed=0, targeted=True, n_target_classes=n_targets)
+    return SquareAttack(model, p_init=0.8, n_queries=5000, eps=eps, norm=norm, n_restarts=1, seed=0, resc_schedule=False)
+
+
+def our_part(name: str, model: nn.Module, norm: str, eps: float, n_targets: int = 9, max_batch: int = 10_000):
+    return {
+        "apgd-ce": lambda x, y: apgd_ce(model, x, y, eps, norm, 0, max_batch),
+        "apgd-t": lambda x, y: apgd_targeted(model, x, y, eps, norm, 0, n_targets, max_batch),
+        "fab-t": lambda x, y: fab_targeted(model, x, y, eps, norm, n_targets, max_batch),
+        "square": lambda x, y: square_linf(model, x, y, eps, 0),
+    }[name]
+
+
+@pytest.mark.parametrize("name, norm, max_batch", [("apgd-ce", "Linf", 7), ("apgd-t", "Linf", 10_000), ("apgd-t", "L2", 50), ("fab-t", "Linf", 10_000),
+                                                   ("fab-t", "L2", 50), ("square", "Linf", None)])
+def test_parts_equal_the_original(setup, name, norm, max_batch):
+    """Each part returns exactly the original's points. The weak model breaks points at several target classes,
+    so APGD-T's speculative side-by-side targets are redrawn and rerun; small max_batch splits the model calls."""
+    model, x, y = setup
+    eps = EPS if norm == "Linf" else 0.5
+    model.requires_grad_(False)
+    try:
+        with torch.no_grad():
+            correct = model(x).argmax(1) == y
+        x, y = x[correct][:40], y[correct][:40]
+        with torch.random.fork_rng():
+            expected = original_part(name, model, norm, eps).perturb(x, y)
+            got = our_part(name, model, norm, eps, max_batch=max_batch)(x, y)
+    finally:
+        model.requires_grad_(True)
+    with torch.no_grad():
+        broken = model(got).argmax(1) != y
+    assert 0 < broken.sum() < len(y), "nothing or everything broken: the comparison would be vacuous"
+    assert torch.equal(got, expected)
+
+
+def test_target_classes_with_few_classes(setup):
     x, y = digits(classes=4)
     torch.manual_seed(0)
-    model = train(nn.Sequential(nn.Flatten(), nn.Linear(64, 4)), x[:500], y[:500], eps=0.0, epochs=3)
-    atk = AutoAttack(model, eps=1e-3, n_classes=4, seed=0, log_progress=False)  # eps tiny: every target is tried
-    atk.attacks["square"].n_queries = 10  # irrelevant here, and the slowest part when nothing breaks
-    seen = {"apgd-t": set(), "fab-t": set()}
-    for name, method in [("apgd-t", "attack_single_run"), ("fab-t", "attack_single_run_targeted")]:
-        part = atk.attacks[name]
-
-        def spy(*args, _name=name, _part=part, _run=getattr(part, method), **kwargs):
-            seen[_name].add(_part.target_class)  # k: the attack targets the k-th most likely class
-            return _run(*args, **kwargs)
-
-        monkeypatch.setattr(part, method, spy)
-    result = atk(x[500:540], y[500:540])
-    assert result.robust.any()
-    assert seen == {"apgd-t": {2, 3, 4}, "fab-t": {2, 3, 4}}  # all 3 other classes, as n_classes - 1
+    model = train(nn.Sequential(nn.Flatten(), nn.Linear(64, 4)), x[:500], y[:500], eps=0.0, epochs=3).requires_grad_(False)
+    x, y = x[500:530], y[500:530]
+    atk = AutoAttack(model, eps=0.05, n_classes=4, seed=0, log_progress=False)
+    assert atk.n_targets == 3  # all 3 other classes, as n_classes - 1
+    for name in ["apgd-t", "fab-t"]:
+        with torch.random.fork_rng():
+            expected = original_part(name, model, "Linf", 0.05, n_targets=3).perturb(x, y)
+            assert torch.equal(our_part(name, model, "Linf", 0.05, n_targets=3)(x, y), expected)
     # Many classes: the original's 9 targets, not torchattacks' n_classes - 1.
-    many = AutoAttack(nn.Linear(64, 100), n_classes=100)
-    assert many.attacks["apgd-t"].n_target_classes == many.attacks["fab-t"].n_target_classes == 9
+    assert AutoAttack(nn.Linear(64, 100), n_classes=100).n_targets == 9
     with pytest.raises(ValueError, match="outputs 4 classes"):
         AutoAttack(model, n_classes=10)(x[:5], y[:5])
     with pytest.raises(ValueError, match="at least 4 classes"):

@@ -1,7 +1,10 @@
-"""Standard AutoAttack (Croce & Hein, ICML 2020) assembled from torchattacks' APGD, APGDT, FAB and Square.
+"""Standard AutoAttack (Croce & Hein, ICML 2020): our own APGD-CE, APGD-T, FAB-T and Square, written after the
+original implementation (github.com/fra31/auto-attack, `version='standard'` as its `_set_version` sets it).
 
-Settings follow the original implementation's `version='standard'` (github.com/fra31/auto-attack, its
-`_set_version`), not `torchattacks.AutoAttack`; see the class docstring for what differs and why.
+Each part (advprune.attacks.apgd, .fab, .square) follows the original operation for operation with the same
+random draws, and returns the original's points; it is faster because the target classes of APGD-T and FAB-T
+run side by side in one batch, FAB reuses a forward pass the original runs twice, and no per-call wrappers sit
+around the model. `benchmarks/autoattack.py` measures it against the original (`pyautoattack`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torchattacks
+
+from advprune.attacks.apgd import apgd_ce, apgd_targeted
+from advprune.attacks.fab import fab_targeted
+from advprune.attacks.square import square_linf
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +53,13 @@ class AutoAttack:
             targeted DLR loss uses the 4th-largest logit. (Default: 10)
         version (str): only 'standard'. (Default: 'standard')
         seed (int): seed every part starts from, on every batch, as the original does. (Default: 0)
-        batch_size (int): points per attack call, bounds memory. Results depend on it, since every part
-            reseeds per batch as in the original (whose `run_standard_evaluation` defaults to 250). (Default: 500)
+        batch_size (int): points per attack call, as the original's `run_standard_evaluation(batch_size=)`.
+            Results depend on it, since every part reseeds per batch as in the original (which defaults to 250).
+            (Default: 500)
         log_progress (bool): log one line per attack (name, robust accuracy, seconds). (Default: True)
+        max_batch (int): most points per model call, which bounds memory: APGD-T and FAB-T run the targets
+            of a batch side by side, up to min(9, n_classes - 1) x batch_size points at once. Does not change
+            results. (Default: min(9, n_classes - 1) x batch_size)
 
     Shape:
         - x: (N, C, H, W) float in [0, 1], y: (N,) int64, both on the model's device.
@@ -63,25 +74,30 @@ class AutoAttack:
     Clean-misclassified points count as non-robust from the start; an attack only sees the points no
     earlier attack broke.
 
-    Differences from `torchattacks.AutoAttack`:
-        - it keeps the parts' 10-step defaults for APGD/APGD-T/FAB; here they run 100 steps;
-        - its Square rescales the p schedule to n_queries (`resc_schedule=True`, i.e. p shrinks twice as
-          fast at 5000 queries); the original and this class use `resc_schedule=False`;
-        - it passes `n_classes` straight to APGDT/FAB, which attack `n_classes - 1` targets (99 for
-          CIFAR-100, where the original uses 9); here they get `min(9, n_classes - 1) + 1`;
+    Unlike `torchattacks.AutoAttack` (10-step parts, Square's p schedule rescaled to n_queries, n_classes - 1
+    targets, no batching), this is the original's standard version.
+
+    Differences from the original (`pyautoattack`), none of which changes a result:
+        - APGD-T and FAB-T attack all target classes of a batch at once and keep, per point, the first target
+          (in the original's order) that broke it. APGD-T's random starts depend on which points earlier
+          targets broke: they are drawn as if none will, and redrawn from the original's generator state and
+          rerun for the later targets when one does (advprune.attacks.apgd says how);
+        - FAB-T's "is the iterate adversarial?" pass also serves the next gradient when no point moved;
+        - Square skips the cross-entropy and query counts it computes but never uses with the margin loss;
+        - the sanity checks of `run_standard_evaluation` (randomised defence, probability outputs, ...) and
+          its state file are left out; the model must output logits;
         - with `seed=None` it seeds from the clock; here the seed is an int, and since every part calls
           `torch.manual_seed` (which also reseeds CUDA), the call runs inside `torch.random.fork_rng` so the
-          caller's RNG stream is left as it was;
-        - it attacks whole inputs without batching and reports no per-attack accuracy.
+          caller's RNG stream is left as it was.
+    Points are evaluated in other batch compositions than the original's (targets side by side, chunks of
+    max_batch); where a kernel's blocking depends on the batch size (oneDNN for small batches, cuDNN) a logit
+    can then differ by float rounding, which changes a result only where an attack sits on a knife edge.
     The model runs in eval mode with its parameters' `requires_grad` off (FAB backpropagates through the
     logits, which would otherwise fill `.grad`); both are restored afterwards.
 
-    Known deviations of torchattacks 3.5.1's parts from the original (only L2 is affected materially):
-        - APGDT with L2 steps every point with the step size of the batch's first point (`step_size[0]`);
-        - Square with L2 measures the windows' norms over all channels at once, the original per channel
-          (identical for one channel);
-        - Square does not cap the square's side at min(H, W) (matters only for very elongated images);
-        - APGD/APGDT's Linf random start lacks the original's 1e-12 in its normaliser (no effect in float32).
+    With norm='L2', Square is torchattacks 3.5.1's, which deviates from the original: it measures the
+    windows' norms over all channels at once, the original per channel (identical for one channel), and does
+    not cap the square's side at min(H, W) (matters only for very elongated images).
     """
 
     def __init__(
@@ -94,6 +110,7 @@ class AutoAttack:
         seed: int = 0,
         batch_size: int = 500,
         log_progress: bool = True,
+        max_batch: int | None = None,
     ):
         if version != "standard":
             raise ValueError(f"only version='standard' is implemented, got {version!r}")
@@ -106,13 +123,17 @@ class AutoAttack:
         self.model, self.norm, self.eps, self.n_classes = model, norm, float(eps), int(n_classes)
         self.seed, self.batch_size, self.log_progress = int(seed), int(batch_size), log_progress
         self.n_targets = min(N_TARGETS, self.n_classes - 1)
-        common = dict(norm=norm, eps=self.eps, seed=self.seed)
-        # torchattacks' APGDT/FAB attack `n_classes - 1` target classes, so `n_classes` here means targets + 1.
+        self.max_batch = int(max_batch) if max_batch is not None else self.n_targets * self.batch_size
+        if self.max_batch < 1:
+            raise ValueError("AutoAttack needs max_batch >= 1")
+        eps, seed, chunk, targets = self.eps, self.seed, self.max_batch, self.n_targets
+        # Square with L2 stays torchattacks' (see the class docstring); with Linf it is ours.
+        self.square = None if norm == "Linf" else torchattacks.Square(model, n_queries=5000, n_restarts=1, p_init=0.8, loss="margin", resc_schedule=False, norm=norm, eps=self.eps, seed=self.seed)
         self.attacks = {
-            "apgd-ce": torchattacks.APGD(model, steps=100, n_restarts=1, loss="ce", rho=0.75, **common),
-            "apgd-t": torchattacks.APGDT(model, steps=100, n_restarts=1, rho=0.75, n_classes=self.n_targets + 1, **common),
-            "fab-t": torchattacks.FAB(model, steps=100, n_restarts=1, multi_targeted=True, n_classes=self.n_targets + 1, **common),
-            "square": torchattacks.Square(model, n_queries=5000, n_restarts=1, p_init=0.8, loss="margin", resc_schedule=False, **common),
+            "apgd-ce": lambda x, y: apgd_ce(model, x, y, eps, norm, seed, chunk),
+            "apgd-t": lambda x, y: apgd_targeted(model, x, y, eps, norm, seed, targets, chunk),
+            "fab-t": lambda x, y: fab_targeted(model, x, y, eps, norm, targets, chunk),
+            "square": (lambda x, y: square_linf(model, x, y, eps, seed)) if self.square is None else self.square,
         }
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> AutoAttackResult:
@@ -144,8 +165,9 @@ class AutoAttack:
         robust, x_adv = clean_correct.clone(), x.clone()
         robust_after, seconds = {"clean": robust.float().mean().item()}, {}
         self._log("clean", robust_after["clean"], 0.0)
+        if self.square is not None:
+            self.square.set_device(x.device)
         for name, attack in self.attacks.items():
-            attack.set_device(x.device)
             start = time.perf_counter()
             for idx in robust.nonzero().flatten().split(self.batch_size):
                 adv = attack(x[idx], y[idx])
