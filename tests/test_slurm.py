@@ -33,14 +33,15 @@ GPU_RULES = {"pretrain", "sensitivity", "prune", "finetune", "evaluate"}
 PRETRAIN = "results/pretrain/digits/small_cnn/seed0/model.pt"
 PRETRAIN_LOG = "logs/pretrain/digits/small_cnn/seed0.log"
 RESUME = f"resume/{PRETRAIN}.state.pt"
-# Fast status polling for the tests only (the plugin's defaults suit hour-long jobs).
-FAST_POLLING = {
+# Fast status polling for the tests only (the plugin's defaults suit hour-long jobs), and one thread per job, so
+# that two jobs share this 2-core node (the profile, capped at the node's cores, gives each 2 and runs them one
+# at a time; test_no_request_of_the_profile_exceeds_the_largest_node_at_any_attempt checks those requests).
+TEST_OVERLAY = {
     "slurm-init-seconds-before-status-checks": 2,
     "seconds-between-status-checks": 2,
+    "max-threads": 1,
     "latency-wait": 5,
 }
-# One thread per job for the three training runs side by side (the profile gives this 2-core node's jobs 2).
-TEST_OVERLAY = {**FAST_POLLING, "max-threads": 1}
 SACCT_FIELDS = ["JobIDRaw", "JobName", "Comment", "State", "Partition", "Account", "QOS", "Timelimit", "ReqMem", "ReqTRES", "AllocTRES", "WorkDir"]
 SESSION_START = datetime.now() - timedelta(minutes=1)
 
@@ -169,8 +170,7 @@ def pipeline(slurm_cluster, tmp_path_factory):
     """The test configuration's whole pipeline, layered with the local cluster's site profile (slurm/cluster:
     account, QoS, partition selection) and the GPU model from the environment."""
     root = tmp_path_factory.mktemp("slurm-pipeline")
-    # The profile's own thread counts, capped at this node's cores by slurm/profile.yaml (README's command).
-    overlay = _write_yaml(tmp_path_factory.mktemp("overlay") / "profile.yaml", FAST_POLLING)
+    overlay = _write_yaml(tmp_path_factory.mktemp("overlay") / "profile.yaml", TEST_OVERLAY)
     wf = Workflow(root, ["slurm/cluster", overlay], env={"ADVPRUNE_SLURM_GPU_MODEL": "fake"})
     dry = wf.run("-n")
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
