@@ -30,7 +30,8 @@ from advprune.verification.graph import UnsupportedModel
 
 METHODS = ("ibp", "crown")
 
-__all__ = ["METHODS", "BoundedModel", "UnsupportedModel", "Verification", "input_box", "margin_bounds", "margin_spec", "record_fields", "verified_accuracy"]
+__all__ = ["METHODS", "BoundedModel", "UnsupportedModel", "Verification", "input_box", "margin_bounds", "margin_spec", "record_fields",
+           "verified_accuracy"]
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ def record_fields(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
                 fields[f"verified_{method}_acc"] = float(certified.float().mean())
             fields["verified_acc"] = float(result.either.float().mean())
             fields["verification_seconds"] = {**result.seconds, "total": sum(result.seconds.values())}
-            fields["verification"] = {"status": "computed", "methods": list(settings["methods"]), "crown_intermediate": settings["crown_intermediate"],
+            fields["verification"] = {"status": "computed", "methods": list(settings["methods"]),
+                                      "crown_intermediate": settings["crown_intermediate"],
                                       "batchnorm_folded": fold_batchnorm}
             log.info("verified %.4f (%s; %.1fs)", fields["verified_acc"],
                      ", ".join(f"{m} {fields[f'verified_{m}_acc']:.4f}" for m in result.certified), fields["verification_seconds"]["total"])

@@ -141,7 +141,8 @@ class BoundedModel:
         out_l, out_u = bounds[-1]
         if spec is not None:
             pos, neg = spec.clamp(min=0), spec.clamp(max=0)
-            out_l, out_u = (pos @ out_l[:, :, None] + neg @ out_u[:, :, None]).squeeze(-1), (pos @ out_u[:, :, None] + neg @ out_l[:, :, None]).squeeze(-1)
+            low, up = out_l[:, :, None], out_u[:, :, None]
+            out_l, out_u = (pos @ low + neg @ up).squeeze(-1), (pos @ up + neg @ low).squeeze(-1)
         return bounds, out_l, out_u, shapes, bn
 
     # --- CROWN ------------------------------------------------------------------------------------------
