@@ -195,6 +195,11 @@ def restore(snakemake_args: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     from advprune.config import ConfigError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["rehearse"]:  # its own options: advprune/rehearsal.py
+        from advprune.rehearsal import main as rehearse
+
+        return rehearse(argv[1:])
     p = argparse.ArgumentParser(prog="advprune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     pub = sub.add_parser("publish", help="version the finished run with DVC and push it to the remote")
@@ -203,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("restore", help="pull a published run and make `snakemake -n` see it as up to date")
     for sp in sub.choices.values():
         sp.add_argument("snakemake_args", nargs="*", help="the run's Snakemake options, after --, e.g. -- --configfile config/paper/x.yaml")
+    sub.add_parser("rehearse", help="run paper configs shrunk end to end on CPU (advprune rehearse --help)")
     sub.add_parser("run-args", help=f"print the published run's Snakemake options ({RUN_RECORD}), e.g. snakemake -n $(advprune run-args)")
     a = p.parse_args(argv)
     if not Path("Snakefile").exists():
