@@ -30,7 +30,8 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: its path, what is wrong with it, and what to do about it."""
+    """A checkpoint, or a results file another job wrote (advprune.entry.read_json/read_csv), that cannot be used:
+    its path, what is wrong with it, and what to do about it."""
 
     def __init__(self, path, reason: str, remedy: str = ""):
         super().__init__(f"{path}: {reason}" + (f" ({remedy})" if remedy else ""))

@@ -1,5 +1,9 @@
 """What every entry script in scripts/ shares: the CLI skeleton and per-job process setup.
 
+Results files another job wrote (evaluation records, tables, curves, prune infos) are read with `read_json` and
+`read_csv`: a damaged one stops the job with one line naming the file and how to recompute it (the same
+CheckpointError a damaged checkpoint gives, so the job's log has it), never a bare JSON or CSV traceback.
+
 Run on its own, a script checks its arguments against the schema the workflow validates the config with, and
 stops on a bad argument or config with one line naming it (no usage block, no traceback) before any work.
 """
@@ -128,6 +132,54 @@ def write_csv(rows: list[dict], path: str | os.PathLike, extra: dict | None = No
             writer.writerows(rows)
 
     atomic_write(path, write)
+
+
+def read_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:
+    """A JSON object written by another job, holding at least the keys `required`."""
+    import json
+
+    try:
+        obj = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as error:
+        _damaged(path, f"unreadable ({error})", error)
+    except json.JSONDecodeError as error:
+        _damaged(path, "empty file, not JSON" if not error.doc.strip() else f"truncated or corrupt JSON ({error.msg}, line {error.lineno})", error)
+    if not isinstance(obj, dict):
+        _damaged(path, f"not a JSON object (a {type(obj).__name__})")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        _damaged(path, f"lacks the key(s) {', '.join(missing)}")
+    return obj
+
+
+def read_csv(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """The rows of a CSV another job wrote with write_csv (every row as long as the header), as strings; its
+    header has the columns `required`. A file without a header has no rows (and none of the columns)."""
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        _damaged(path, f"not a CSV table ({error})", error)
+    missing = [c for c in required if c not in header]
+    if missing:
+        _damaged(path, f"lacks the column(s) {', '.join(missing)}" + ("" if header else " (empty file)"))
+    for line, row in enumerate(rows, 2):  # DictReader marks a short row with None values, a long one with a None key
+        if None in row or None in row.values():
+            fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
+            _damaged(path, f"truncated or corrupt CSV (line {line} has {fields} fields, the header {len(header)})")
+    return rows
+
+
+def _damaged(path, reason: str, cause: BaseException | None = None):
+    from advprune.checkpoint import RECOMPUTE, CheckpointError  # torch only on this path: report jobs need none
+
+    raise CheckpointError(path, reason, RECOMPUTE) from cause
 
 
 def remove_resume_state(path: str | os.PathLike) -> None:

@@ -10,7 +10,7 @@ restore: on a fresh clone, `dvc pull`, put Snakemake's provenance back, check th
 made with this commit's settings and code, then `snakemake --touch` so that modification times follow the DAG
 (DVC does not keep them, and Snakemake would re-run anything whose input looks newer than its output).
 
-Both take the Snakemake options of the run (e.g. `--configfile config/paper/cifar10_resnet18.yaml`) after `--`.
+Both take the Snakemake options of the run (e.g. `--configfile config/paper/ap_benchmark.yaml`) after `--`.
 publish records them in published-run.yaml (committed with the results, beside the config file it names);
 restore given none uses the recorded ones, and prints the `snakemake -n` that checks the restored run.
 """

@@ -7,14 +7,13 @@ a metric the record lacks (`verified_acc` before verification runs) stays empty,
 each record's per-point results (one '0'/'1' string per metric, in the split's order) and the hash of its
 points, which is what paired tests between models need."""
 
-import json
 import re
 from pathlib import Path
 
 import pandas as pd
 
 from advprune.dvc_outputs import ACCURACIES, write_metrics, write_plot_data
-from advprune.entry import parser, write_csv
+from advprune.entry import parser, read_csv, read_json, write_csv
 from advprune.runtime import setup_logging
 from advprune.stats import wilson
 
@@ -27,11 +26,12 @@ PER_POINT_IDS = ["table", "dataset", "arch", "seed", "method", "impl", "sparsity
                  "finetune_objective", "points_sha256"]
 
 
-def _read_rows(path):
-    import csv
-
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+# What this script reads of each results file: a record, table or curve without it is damaged.
+RECORD_KEYS = ("threat_model", "n_examples", "layers", "provenance")
+STUDY_RECORD_KEYS = ("threat_model", "n_examples")
+PRUNE_INFO_KEYS = ("method", "info")
+SENSITIVITY_COLUMNS = ("module", "sensitivity")
+CURVE_COLUMNS = ("epoch",)
 
 
 _IDS = re.compile(r"(?P<dataset>[^/]+)/(?P<arch>[^/]+)/seed(?P<seed>\d+)(?:/(?P<method>[^/]+)/s(?P<sparsity>[0-9.]+))?/[^/]+$")
@@ -73,7 +73,7 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
     setup_logging(log)
     summary, layers, provenance, per_point = [], [], [], []
     for path in sorted(eval_jsons):
-        record = json.loads(Path(path).read_text())
+        record = read_json(path, RECORD_KEYS)
         summary.append(_summary_row(record))
         per_point += _per_point_rows("summary", record)
         ids = {k: record.get(k) for k in ("dataset", "arch", "seed", "method", "impl", "sparsity_target")}
@@ -84,14 +84,14 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
     write_csv(provenance, out["provenance"])
 
     for name, extra in STUDY_COLUMNS.items():
-        records = [{**json.loads(Path(r["path"]).read_text()), **r["labels"]} for r in (studies or {}).get(name, [])]
+        records = [{**read_json(r["path"], STUDY_RECORD_KEYS), **r["labels"]} for r in (studies or {}).get(name, [])]
         write_csv([_summary_row(record, extra) for record in records], out[name], header=[*SUMMARY_COLUMNS, *extra])
         per_point += [row for record in records for row in _per_point_rows(name, record)]
     write_csv(per_point, out["per_point"], header=[*PER_POINT_IDS, "metric", "correct"])
 
     prune_curves = []
     for path in sorted(prune_infos):
-        info = json.loads(Path(path).read_text())
+        info = read_json(path, PRUNE_INFO_KEYS)
         ids = {**_ids(path), "impl": info["method"]["method"]}
         for phase, rows in info["info"].get("curves", {}).items():
             prune_curves += [{**ids, "phase": phase, **row} for row in rows]
@@ -100,13 +100,13 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
     sensitivity = []
     for path in sorted(sensitivity_csvs):
         ids = _ids(path)
-        sensitivity += [{k: ids[k] for k in ("dataset", "arch", "seed")} | row for row in _read_rows(path)]
+        sensitivity += [{k: ids[k] for k in ("dataset", "arch", "seed")} | row for row in read_csv(path, SENSITIVITY_COLUMNS)]
     write_csv(sensitivity, out["sensitivity"])
 
     curves = []
     for stage, paths in (("pretrain", pretrain_curves), ("finetune", finetune_curves)):
         for path in sorted(paths):
-            curves += [{**_ids(path), "stage": stage, **row} for row in _read_rows(path)]
+            curves += [{**_ids(path), "stage": stage, **row} for row in read_csv(path, CURVE_COLUMNS)]
     write_csv(curves, out["training_curves"])
 
     # What dvc.yaml declares: the metrics JSON and one CSV per DVC plot.

@@ -3,7 +3,7 @@
 from advprune.checkpoint import build_dense, load_model, save_model, write_json
 from advprune.data import load_meta, load_split
 from advprune.data.augment import Augmentation
-from advprune.entry import existing_file, load_config, parser, remove_resume_state, schema_arg, start_job
+from advprune.entry import existing_file, load_config, parser, read_csv, remove_resume_state, schema_arg, start_job
 from advprune.provenance import provenance
 from advprune.pruning import PruneContext, build_method, layer_sparsity
 from advprune.runtime import seed_everything
@@ -20,7 +20,7 @@ def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sens
         val=load_split(data_dir, "val", device),
         threat_model=params["threat_model"],
         objective=params["objective"],
-        sensitivity=_read_csv(sensitivity_csv) if sensitivity_csv else None,
+        sensitivity=_read_sensitivity(sensitivity_csv) if sensitivity_csv else None,
         include_first_last=params["include_first_last"],
         seed=seed,
         device=device,
@@ -43,10 +43,11 @@ def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sens
         remove_resume_state(path)
 
 
-def _read_csv(path):
+def _read_sensitivity(path):
     import pandas as pd
 
-    return pd.read_csv(path)
+    rows = read_csv(path, ("module", "sensitivity"))
+    return pd.DataFrame(rows or {"module": [], "sensitivity": []})  # mrpf reads both columns and converts each value
 
 
 def cli(argv=None):

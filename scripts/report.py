@@ -1,11 +1,16 @@
 """Turn the aggregated tables into the report's figures and tables."""
 
+from pathlib import Path
+
+from advprune.entry import read_csv
 from advprune.report import make_report
 from advprune.runtime import setup_logging
 
 
 def main(tables_dir, out_dir, formats, dpi, log=None):
     setup_logging(log)
+    for table in sorted(Path(tables_dir).glob("*.csv")):  # a damaged table is named before pandas fails on it
+        read_csv(table)
     make_report(tables_dir, out_dir, formats=tuple(formats), dpi=int(dpi))
 
 

@@ -64,3 +64,113 @@ def test_damaged_prepared_data_is_named(tmp_path, digits_dir, name):
     (data / name).write_bytes((data / name).read_bytes()[:40])
     with pytest.raises(ValueError, match=f"^{data / name}: damaged prepared data .*delete {data} and re-run"):
         load_split(data, "train")
+
+
+# Results files other jobs wrote: one line naming the file and how to recompute it, never a bare parser traceback.
+RECORD = '{"threat_model": {"norm": "Linf", "eps": 0.1}, "n_examples": 10, "layers": [], "provenance": {}}\n'
+DAMAGED_JSON = [
+    ("half", RECORD[: len(RECORD) // 2], "truncated or corrupt JSON"),
+    ("empty", "", "empty file, not JSON"),
+    ("binary", b"\x80\x04\x95PK\x03\x04", "unreadable"),
+    ("a list", "[1, 2]\n", "not a JSON object (a list)"),
+    ("lacks a key", '{"threat_model": {}}\n', "lacks the key(s) n_examples, layers, provenance"),
+]
+DAMAGED_CSV = [
+    ("last row cut", "epoch,train_loss\n0,0.5\n1", "truncated or corrupt CSV (line 3 has 1 fields, the header 2)"),
+    ("a row too long", "epoch,train_loss\n0,0.5,7\n", "truncated or corrupt CSV (line 2 has 3 fields, the header 2)"),
+    ("empty", "", "lacks the column(s) epoch (empty file)"),
+    ("binary", b"\x80\x04\x95PK\x03\x04\xff\xfe", "not a CSV table"),
+    ("another table", "module,sensitivity\nfc,0.1\n", "lacks the column(s) epoch"),
+]
+
+
+def _write(path, content):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+@pytest.mark.parametrize("name,content,message", DAMAGED_JSON, ids=[d[0] for d in DAMAGED_JSON])
+def test_a_damaged_results_json_is_named_with_what_to_do(tmp_path, name, content, message):
+    from advprune.entry import read_json
+
+    path = _write(tmp_path / "s0.9.json", content)
+    with pytest.raises(CheckpointError) as error:
+        read_json(path, ("threat_model", "n_examples", "layers", "provenance"))
+    assert str(error.value).startswith(f"{path}: {message}") and str(error.value).endswith("(delete it and re-run to recompute it)")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name,content,message", DAMAGED_CSV, ids=[d[0] for d in DAMAGED_CSV])
+def test_a_damaged_results_csv_is_named_with_what_to_do(tmp_path, name, content, message):
+    from advprune.entry import read_csv
+
+    path = _write(tmp_path / "curve.csv", content)
+    with pytest.raises(CheckpointError) as error:
+        read_csv(path, ("epoch",))
+    assert str(error.value).startswith(f"{path}: {message}") and str(error.value).endswith("(delete it and re-run to recompute it)")
+    assert "\n" not in str(error.value)
+
+
+def test_results_written_by_the_jobs_read_back(tmp_path):
+    from advprune.checkpoint import write_json
+    from advprune.entry import read_csv, read_json, write_csv
+
+    write_csv([{"epoch": 0, "loss": 0.5}, {"epoch": 1}], tmp_path / "curve.csv", header=["epoch"])
+    assert read_csv(tmp_path / "curve.csv", ("epoch",)) == [{"epoch": "0", "loss": "0.5"}, {"epoch": "1", "loss": ""}]
+    write_csv([], tmp_path / "none.csv")  # aggregate's table of a stage that did not run: no header
+    assert read_csv(tmp_path / "none.csv") == []
+    write_json({"method": {"method": "lwm"}, "info": {}}, tmp_path / "info.json")
+    assert read_json(tmp_path / "info.json", ("method", "info"))["method"] == {"method": "lwm"}
+
+
+def _script(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Each results file aggregate reads, damaged in turn: (argument of main, path under the results directory).
+AGGREGATE_INPUTS = [
+    ("evals", "eval/digits/small_cnn/seed0/lwm/s0.9.json"),
+    ("sensitivity", "sensitivity/digits/small_cnn/seed0/sensitivity.csv"),
+    ("pretrain_curves", "pretrain/digits/small_cnn/seed0/curve.csv"),
+    ("finetune_curves", "finetune/digits/small_cnn/seed0/lwm/s0.9/curve.csv"),
+    ("prune_infos", "prune/digits/small_cnn/seed0/lwm/s0.9/info.json"),
+    ("study", "studies/finetune/digits/small_cnn/seed0/lwm/s0.9/none/eval.json"),
+]
+
+
+@pytest.mark.parametrize("kind,damaged", AGGREGATE_INPUTS, ids=[a[0] for a in AGGREGATE_INPUTS])
+def test_aggregate_names_a_damaged_input(tmp_path, kind, damaged):
+    aggregate = _script("aggregate")
+    results = tmp_path / "results"
+    good = {"evals": RECORD, "sensitivity": "module,sensitivity\nfc,0.1\n", "pretrain_curves": "epoch\n0\n", "finetune_curves": "epoch\n0\n",
+            "prune_infos": '{"method": {"method": "lwm"}, "info": {}}', "study": RECORD}
+    paths = {k: str(_write(results / path, good[k])) for k, path in AGGREGATE_INPUTS}
+    _write(results / damaged, good[kind][: len(good[kind]) // 2])
+    out = {name: str(results / f"tables/{name}.csv") for name in ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves",
+                                                                   "per_point", "provenance", *aggregate.STUDY_COLUMNS)}
+    out |= {"metrics": str(results / "tables/summary.json"), "plots": str(results / "plots")}
+    with pytest.raises(CheckpointError, match=f"^{results / damaged}: .*delete it and re-run"):
+        aggregate.main([paths["evals"]], [paths["sensitivity"]], [paths["pretrain_curves"]], [paths["finetune_curves"]], out,
+                       prune_infos=[paths["prune_infos"]], studies={"study_finetune": [{"path": paths["study"], "labels": {}}]})
+
+
+def test_report_names_a_damaged_table(tmp_path):
+    table = _write(tmp_path / "tables/summary.csv", b"dataset,arch\n\xff\xfe\x00digits")
+    with pytest.raises(CheckpointError, match=f"^{table}: not a CSV table"):
+        _script("report").main(str(tmp_path / "tables"), str(tmp_path / "report"), ["png"], 30)
+    assert not (tmp_path / "report").exists()
+
+
+def test_prune_names_a_damaged_sensitivity_table(tmp_path):
+    table = _write(tmp_path / "sensitivity.csv", "module,module_index,n_params,base_loss,perturbed_loss,sensitivity\nconv1,0,36,0.5,0.7")
+    with pytest.raises(CheckpointError, match=r"^.*sensitivity.csv: truncated or corrupt CSV \(line 2 has 5 fields, the header 6\)"):
+        _script("prune")._read_sensitivity(table)
+    table.write_text("module,module_index,n_params,base_loss,perturbed_loss,sensitivity\nconv1,0,36,0.5,0.7,0.2\n")
+    read = _script("prune")._read_sensitivity(table)
+    assert list(read["module"]) == ["conv1"] and float(read["sensitivity"][0]) == 0.2  # the two columns mrpf reads

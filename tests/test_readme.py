@@ -35,7 +35,7 @@ DRY = {"bin/env && .venv/bin/snakemake --cores all": ".venv/bin/snakemake --core
 # Run by other tests, or not runnable by a test, with the reason.
 COVERED = {
     "bin/env && .venv/bin/pytest -q": "the test suite itself; bin/env is not run here (it would install into the shared .venv)",
-    ".venv/bin/snakemake --profile slurm --profile ~/.config/snakemake/advprune-site --configfile config/paper/cifar10_resnet18.yaml":
+    ".venv/bin/snakemake --profile slurm --profile ~/.config/snakemake/advprune-site --configfile config/paper/ap_benchmark.yaml":
         "needs a real site profile; tests/test_slurm.py runs --profile slurm with a filled-in site-example.yaml",
     "slurm/cluster/start.sh": "tests/test_slurm.py (session fixture)",
     ".venv/bin/snakemake --profile slurm --profile slurm/cluster --configfile .test/config.yaml": "tests/test_slurm.py (pipeline fixture)",
@@ -48,6 +48,9 @@ COVERED = {
     ".venv/bin/snakemake --report report.html $(.venv/bin/advprune run-args)": "tests/test_dvc.py (--report)",
     ".venv/bin/python benchmarks/train_step.py": "a benchmark (minutes)",
     ".venv/bin/python benchmarks/pipeline.py": "a benchmark (the whole pipeline)",
+    ".venv/bin/advprune rehearse config/paper/ap_benchmark.yaml": "tests/test_rehearsal.py (every paper config)",
+    ".venv/bin/python benchmarks/dag.py": "a benchmark (plans tens of thousands of jobs)",
+    ".venv/bin/python benchmarks/gpu_check.py": "needs a GPU; its --quick CPU form is a benchmark run too (minutes)",
 }
 
 
