@@ -8,6 +8,8 @@ Light on purpose (no torch): the Snakefile imports it while building the DAG.
 from __future__ import annotations
 
 import copy
+import json
+import math
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -189,9 +191,22 @@ def _check_sparsities(config: dict) -> None:
             raise ConfigError(f"config key '{key}': {value!r} has more than {SPARSITY_MAX_DECIMALS} decimals (it names the directory s{text})")
 
 
+def _check_finite(value, key: str = "") -> None:
+    """YAML's .nan and .inf pass every schema bound (nan compares false with all of them)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{key}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}': {value} is not a finite number")
+
+
 def validate(config: dict) -> dict:
     """Validate in place, fill defaults, and return the config; raises ConfigError naming the bad key."""
     schema = _schema()
+    _check_finite(config)
     _check(config, schema)
     _fill_defaults(config, schema, schema)
     method_schemas = method_option_schemas()
@@ -260,6 +275,24 @@ def check_start_checkpoints(config: dict) -> None:
             missing = start and missing_start_checkpoint(start)
             if missing:
                 raise ConfigError(missing)
+
+
+def check_split_sizes(config: dict) -> None:
+    """evaluate.n_examples no larger than the split it evaluates (the record's sample size would silently be the
+    split's), where the dataset is already prepared with the run's split settings (otherwise its sizes are not
+    known before the data job); raises ConfigError otherwise."""
+    n, split = config["evaluate"]["n_examples"], config["evaluate"]["split"]
+    for dataset in config["datasets"]:
+        fetch = fetch_params(config, dataset)
+        meta_path = Path(fetch["out_dir"]) / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            size = meta["splits"][split] if (meta["val_fraction"], meta["split_seed"]) == (fetch["val_fraction"], fetch["split_seed"]) else None
+        except (OSError, ValueError, KeyError, TypeError):  # not prepared yet, or damaged: the data job's concern
+            continue
+        if n is not None and size is not None and n > size:
+            raise ConfigError(f"config key 'evaluate.n_examples': {n} is more than the {size} examples in the {split} split of {dataset} ({meta_path}; "
+                              "null takes the whole split)")
 
 
 def _check_studies(config: dict) -> None:

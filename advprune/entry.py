@@ -145,7 +145,7 @@ def read_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:
     except (OSError, UnicodeDecodeError) as error:
         _damaged(path, f"unreadable ({error})", error)
     except json.JSONDecodeError as error:
-        _damaged(path, "empty file, not JSON" if not error.doc.strip() else f"truncated or corrupt JSON ({error.msg}, line {error.lineno})", error)
+        _damaged(path, "empty file, not JSON" if not error.doc.strip() else f"truncated or corrupt JSON ({error})", error)
     if not isinstance(obj, dict):
         _damaged(path, f"not a JSON object (a {type(obj).__name__})")
     missing = [k for k in required if k not in obj]

@@ -36,6 +36,26 @@ BAD = [
     ("method key not lowercase", lambda c: c["prune"]["methods"].update(LWM={}), "'prune.methods.LWM': 'LWM' does not match"),
     ("method key dense", lambda c: c["prune"]["methods"].update(dense={}), "'prune.methods.dense': the name 'dense' is reserved"),
     ("sparsity too long for a path", lambda c: c["prune"].update(sparsities=[0.123456789012]), "'prune.sparsities[0]': 0.123456789012 has more than 10 decimals"),
+    # A hostile user's probes (issue 11), kept here so that they stay refused.
+    ("method option of the wrong type", lambda c: c["prune"]["methods"]["lwm_iter"].update(iterations="three"),
+     "'prune.methods.lwm_iter.iterations': 'three' is not of type 'integer'"),
+    ("unknown key in a method entry", lambda c: c["prune"]["methods"]["lwm"].update(scopez="layer"), "'prune.methods.lwm.scopez': unknown key"),
+    ("study names a method not in prune.methods", lambda c: c["studies"]["finetune"].update(methods=["lwm", "snip"]),
+     "'studies.finetune.methods[1]': 'snip' is not a key of prune.methods"),
+    ("objectives study names a method not in prune.methods", lambda c: c["studies"]["objectives"].update(method="snip"),
+     "'studies.objectives.method': 'snip' is not a key of prune.methods"),
+    ("duplicate seeds", lambda c: c.update(seeds=[0, 0]), "'seeds': [0, 0] has non-unique elements"),
+    ("seed beyond numpy's range", lambda c: c.update(seeds=[2**32]), "'seeds[0]': 4294967296 is greater than the maximum of 4294967295"),
+    ("eps not a number", lambda c: c["threat_model"].update(eps=float("nan")), "'threat_model.eps': nan is not a finite number"),
+    ("infinite learning rate", lambda c: c["pretrain"].update(lr=float("inf")), "'pretrain.lr': inf is not a finite number"),
+    ("study sparsity not a number", lambda c: c["studies"]["finetune"].update(sparsity=float("nan")), "'studies.finetune.sparsity': nan is not a finite number"),
+    ("n_examples of 0", lambda c: c["evaluate"].update(n_examples=0), "'evaluate.n_examples': 0 is less than the minimum of 1"),
+    ("negative model width", lambda c: c["models"]["small_cnn"].update(width=-1), "'models.small_cnn.width': -1 is less than the minimum of 1"),
+    ("unknown model option", lambda c: c["models"]["small_cnn"].update(depth=3), "'models.small_cnn.depth': unknown key"),
+    ("empty prune.methods", lambda c: c["prune"].update(methods={}), "'prune.methods': {} should be non-empty"),
+    ("method entry not a mapping", lambda c: c["prune"]["methods"].update(lwm=None), "'prune.methods.lwm': None is not of type 'object'"),
+    ("report format matplotlib cannot write here", lambda c: c["report"].update(formats=["png", "bmp"]), "'report.formats[1]': 'bmp' is not one of: png, pdf, svg"),
+    ("a section left empty", lambda c: c.update(evaluate=None), "'evaluate': None is not of type 'object'"),
 ]
 
 
@@ -52,7 +72,10 @@ def test_validation_names_the_bad_key(name, mutate, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("name,mutate,message", [BAD[0], BAD[3], BAD[9]], ids=[BAD[0][0], BAD[3][0], BAD[9][0]])
+IN_SNAKEMAKE = [b for b in BAD if b[0] in ("unknown key", "sparsity of 1", "unknown method", "eps not a number")]
+
+
+@pytest.mark.parametrize("name,mutate,message", IN_SNAKEMAKE, ids=[b[0] for b in IN_SNAKEMAKE])
 def test_snakemake_stops_before_any_job_and_keeps_results(tmp_path, name, mutate, message):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(_bad(mutate)))
     kept = tmp_path / "results/pretrain/digits/small_cnn/seed0/model.pt"
@@ -65,6 +88,27 @@ def test_snakemake_stops_before_any_job_and_keeps_results(tmp_path, name, mutate
     assert len(lines) == 1 and lines[0].startswith("advprune: config key ") and message in lines[0]
     assert kept.read_bytes() == b"weights that took a day to train"
     assert not (tmp_path / ".snakemake/log").exists() or not any("Job stats" in p.read_text() for p in (tmp_path / ".snakemake/log").iterdir())
+
+
+def test_n_examples_larger_than_a_prepared_split_is_refused(tmp_path):
+    import json
+
+    from advprune.config import check_split_sizes
+
+    config = validate(_bad(lambda c: c["data"].update(root=str(tmp_path))))
+    check_split_sizes(config)  # not prepared yet: sizes unknown before the data job
+    (tmp_path / "digits").mkdir()
+    meta = {"splits": {"train": 1222, "val": 216, "test": 359}, "val_fraction": config["data"]["val_fraction"], "split_seed": config["data"]["split_seed"]}
+    (tmp_path / "digits/meta.json").write_text(json.dumps(meta))
+    check_split_sizes(config)
+    config["evaluate"]["n_examples"] = 360
+    with pytest.raises(ConfigError, match=r"^config key 'evaluate.n_examples': 360 is more than the 359 examples in the test split of digits \("):
+        check_split_sizes(config)
+    config["evaluate"]["split"] = "val"
+    with pytest.raises(ConfigError, match="^config key 'evaluate.n_examples': 360 is more than the 216 examples in the val split"):
+        check_split_sizes(config)
+    (tmp_path / "digits/meta.json").write_text(json.dumps({**meta, "val_fraction": 0.3}))  # re-prepared with other splits: sizes unknown
+    check_split_sizes(config)
 
 
 @pytest.mark.parametrize("value", [0.5, 0.99, 1e-05, 0.12345678, 0.9000001, 0.1 + 0.2, 2.5e-7])

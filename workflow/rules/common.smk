@@ -9,6 +9,7 @@ try:
     cfg.type_overrides(config, workflow.config_settings.overwrite_config)
     cfg.validate(config)
     cfg.check_start_checkpoints(config)
+    cfg.check_split_sizes(config)
 except cfg.ConfigError as error:
     # One line naming the key, before any job runs (nothing already computed is touched).
     sys.exit(f"advprune: {error}")
