@@ -81,9 +81,17 @@ def _as_yaml(value) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
+# JSON Schema counts 5.0 as an integer; a float where a count is meant breaks later (a slice of 50.0 examples, the path
+# seed1.0 that no rule matches), so an integer is an int here.
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)),
+)
+
+
 def _first_error(instance, schema) -> tuple[str, str] | None:
     """(key, message) of the most relevant schema violation, or None."""
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(instance))
+    error = jsonschema.exceptions.best_match(_Validator(schema).iter_errors(instance))
     if error is None:
         return None
     key, message = _path(error), error.message

@@ -56,6 +56,8 @@ BAD = [
     ("method entry not a mapping", lambda c: c["prune"]["methods"].update(lwm=None), "'prune.methods.lwm': None is not of type 'object'"),
     ("report format matplotlib cannot write here", lambda c: c["report"].update(formats=["png", "bmp"]), "'report.formats[1]': 'bmp' is not one of: png, pdf, svg"),
     ("a section left empty", lambda c: c.update(evaluate=None), "'evaluate': None is not of type 'object'"),
+    ("a count written as a float", lambda c: c["evaluate"].update(n_examples=50.0), "'evaluate.n_examples': 50.0 is not one of: an integer, null"),
+    ("a seed written as a float", lambda c: c.update(seeds=[1.0]), "'seeds[0]': 1.0 is not of type 'integer'"),
 ]
 
 
