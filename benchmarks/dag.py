@@ -12,6 +12,7 @@ import argparse
 import cProfile
 import pstats
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -49,15 +50,18 @@ def union_config(paths: list[Path], seeds: int) -> dict:
     return union
 
 
-def plan(configfile: Path, workdir: Path) -> tuple[float, int]:
-    started = time.perf_counter()
+def plan(configfile: Path, workdir: Path) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (on a loaded machine the better measure) and jobs of `snakemake -n`."""
+    started, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     run = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
                           "--configfile", str(configfile)], capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = usage.ru_utime + usage.ru_stime - cpu.ru_utime - cpu.ru_stime
     if run.returncode != 0:
         sys.exit(f"snakemake -n failed:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
     total = re.search(r"^total\s+(\d+)$", run.stdout + run.stderr, re.M)
-    return seconds, int(total[1]) if total else 0
+    return seconds, cpu_seconds, int(total[1]) if total else 0
 
 
 def main():
@@ -70,10 +74,10 @@ def main():
         configfile = Path(tmp) / "union.yaml"
         union = union_config(paths, a.seeds)
         configfile.write_text(yaml.safe_dump(union, sort_keys=False))
-        seconds, jobs = plan(configfile, Path(tmp))
+        seconds, cpu_seconds, jobs = plan(configfile, Path(tmp))
         print(f"snakemake -n, union of {len(paths)} paper configs ({len(union['datasets'])} datasets x {len(union['archs'])} archs x "
               f"{len(union['prune']['methods'])} methods x {len(union['prune']['sparsities'])} sparsities x {a.seeds} seeds, studies): "
-              f"{jobs} jobs planned in {seconds:.1f} s; target {TARGET_S:.0f} s, ratio target/actual {TARGET_S / seconds:.2f}")
+              f"{jobs} jobs planned in {seconds:.1f} s ({cpu_seconds:.1f} CPU s); target {TARGET_S:.0f} s, ratio target/actual {TARGET_S / seconds:.2f}")
         if a.profile:
             from snakemake.cli import main as snakemake_main
 
@@ -84,7 +88,9 @@ def main():
             except SystemExit:
                 pass
             profiler.disable()
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+            stats = pstats.Stats(profiler).sort_stats("cumulative")
+            stats.print_stats(25)
+            stats.print_stats(r"common\.smk|advprune|conda", 25)  # the workflow's own share (input functions, params, code hashes)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 # Config loading and validation, wildcard constraints and every input/param function of the workflow.
+import functools
 import os
 import sys
 
@@ -46,7 +47,11 @@ def code(script):
 
 def prune_code(wildcards):
     # Each method lives in advprune/pruning/<name>.py: editing one method re-runs only its own jobs.
-    method = cfg.method_spec(config, wildcards.method)["method"]
+    return _method_code(cfg.method_spec(config, wildcards.method)["method"])
+
+
+@functools.cache  # once per method and Snakemake run (thousands of prune jobs share a handful of hashes)
+def _method_code(method):
     return code_hash(f"{SCRIPTS}/prune.py", extra_modules=(f"advprune.pruning.{method}",))
 
 
@@ -54,7 +59,12 @@ DATA_ROOT = config["data"]["root"]
 
 
 def data_dir(wildcards):
-    return cfg.fetch_params(config, wildcards.dataset)["out_dir"]
+    return _data_dir(wildcards.dataset)
+
+
+@functools.cache  # every job's inputs name its dataset's files
+def _data_dir(dataset):
+    return cfg.fetch_params(config, dataset)["out_dir"]
 
 
 def raw_dir(wildcards):
