@@ -3,16 +3,18 @@ hour is spent on it.
 
 `advprune rehearse config/paper/x.yaml` validates the configuration, derives a shrunk one from it (`shrink`),
 writes every dataset it names as raw files in the dataset's official on-disk format (advprune/data/synthetic.py:
-random images, a few per class), writes the public checkpoints it starts from in their real cache layout, runs
-the real Snakefile on that in a scratch directory (one Snakemake invocation), and checks that every report
-output exists.
+random images, a few per class), writes the public checkpoints it starts from in their real cache layout, plans
+the full DAG (`snakemake -n` with every seed, sparsity, dataset and architecture), then runs the real Snakefile
+in a scratch directory on a covering set of (dataset, architecture) pairs (`invocations`: one Snakemake run per
+dataset) and checks after each run that every report output exists.
 
 What is shrunk, and only that: one seed; one sparsity (the one a study uses when a study's sparsity is among the
 config's, so the study reuses the main jobs as it does at full scale; else the largest); epochs to one (zero stays
 zero); attack steps to two, sensitivity ascent to one step; batch sizes to 16 (every run still takes several
 batches); architecture widths to a few channels; the data to a few images of four classes per dataset
 (the network keeps the dataset's class count and image size); evaluation to 8 test points and one latency
-repeat. What is kept: every dataset, architecture, method entry, method option that selects a code path,
+repeat; the (dataset, architecture) product to a covering set (every dataset, every architecture on every
+image geometry of the config's datasets, every method on every pair, the studies on the first dataset's). What is kept: every dataset, architecture, method entry, method option that selects a code path,
 study, objective, threat model, AutoAttack's standard version and the verification settings: the same rules,
 scripts and library functions run, and the tables and figures have the shapes a full run gives them (one
 seed, one sparsity fewer rows).
@@ -22,7 +24,9 @@ converges or reaches the papers' numbers, that downloads and the md5s of the pub
 raw files are written here, `download: false`), that the real public checkpoints are the architecture the
 config names (only their layout is exercised), numerical behaviour that needs many epochs (schedules, HARP's
 gamma freezing after the target is met, PwoA's later ADMM cycles), and the other sparsities' and seeds' jobs
-(the same code with other numbers).
+(the same code with other numbers), and a bug specific to one (dataset, architecture) pair outside the
+covering set. Standard AutoAttack is not shrunk (the schema has only its standard version): an evaluation
+whose model keeps some point correct runs its ~7,000 sequential model calls, which dominates a rehearsal's time.
 """
 
 from __future__ import annotations
