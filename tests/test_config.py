@@ -58,6 +58,9 @@ BAD = [
     ("a section left empty", lambda c: c.update(evaluate=None), "'evaluate': None is not of type 'object'"),
     ("a count written as a float", lambda c: c["evaluate"].update(n_examples=50.0), "'evaluate.n_examples': 50.0 is not one of: an integer, null"),
     ("a seed written as a float", lambda c: c.update(seeds=[1.0]), "'seeds[0]': 1.0 is not of type 'integer'"),
+    ("unknown placeholder in the start checkpoint", lambda c: c["pretrain"].update(checkpoint="models/{datasett}/{arch}.pt"),
+     "'pretrain.checkpoint': 'models/{datasett}/{arch}.pt' is not a path template with only {dataset} and {arch} in braces (KeyError: 'datasett'"),
+    ("unclosed brace in the start checkpoint", lambda c: c["pretrain"].update(checkpoint="models/{dataset.pt"), "'pretrain.checkpoint': 'models/{dataset.pt' is not"),
 ]
 
 
