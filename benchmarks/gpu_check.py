@@ -9,7 +9,7 @@
     .venv/bin/python benchmarks/gpu_check.py                 # on the GPU machine
     .venv/bin/python benchmarks/gpu_check.py --quick         # on CPU in a few minutes: tests this script itself
 
---quick shrinks every part (narrow networks, batch 8, 20 points, the smallest paper config) and runs on CPU;
+--quick shrinks every part (narrow networks, batch 8, 8 points, the smallest paper config) and runs on CPU;
 its numbers say nothing about GPU speed. Exits non-zero when AutoAttack's results differ or the rehearsal fails.
 """
 
@@ -107,9 +107,9 @@ def main():
         print(f"   {label:24s} batch {batch}: fp32 {rates['fp32']:8.1f}   bf16+channels_last {rates['bf16+nhwc']:8.1f}   "
               f"ratio {rates['bf16+nhwc'] / rates['fp32']:.2f}", flush=True)
 
-    n = 20 if a.quick else 1000
+    n = 8 if a.quick else 1000
     print(f"2. standard AutoAttack on {n} CIFAR-shaped points, BatchNorm folded vs not")
-    same, folded, plain = autoattack_folding(n, 4 if a.quick else 64, device)
+    same, folded, plain = autoattack_folding(n, 2 if a.quick else 64, device)
     for label, r in (("folded", folded), ("not folded", plain)):
         print(f"   {label:10s}: clean {r['clean_acc']:.4f}  PGD {r['pgd_acc']:.4f}  AutoAttack {r['autoattack_acc']:.4f}  "
               f"({r['attack_seconds']['autoattack']:.1f} s)")
