@@ -326,10 +326,29 @@ def method_option_schemas() -> dict[str, dict]:
     return {path.name.removesuffix(".schema.yaml"): yaml.safe_load(path.read_text()) for path in sorted((SCHEMA_DIR / "methods").glob("*.schema.yaml"))}
 
 
-def load_config(path: str | Path) -> dict:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last one silently: a second
+    `prune:` section pasted below the first would replace it)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(problem=f"key {key!r} given twice in one mapping", problem_mark=key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The mapping in a config file; an unreadable file, invalid YAML, a key given twice or anything but a
+    mapping raises ConfigError naming the file (and line)."""
     try:
         with open(path) as fh:
-            config = yaml.safe_load(fh)
+            config = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except OSError as error:
         raise ConfigError(f"config file {path}: {error.strerror}") from None
     except yaml.YAMLError as error:
@@ -337,7 +356,11 @@ def load_config(path: str | Path) -> dict:
         raise ConfigError(f"config file {path}: not valid YAML{f' (line {where.line + 1})' if where else ''}: {getattr(error, 'problem', None) or error}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: not a YAML mapping")
-    return validate(config)
+    return config
+
+
+def load_config(path: str | Path) -> dict:
+    return validate(read_config_file(path))
 
 
 def fmt_sparsity(sparsity: float) -> str:

@@ -95,6 +95,17 @@ def test_snakemake_stops_before_any_job_and_keeps_results(tmp_path, name, mutate
     assert not (tmp_path / ".snakemake/log").exists() or not any("Job stats" in p.read_text() for p in (tmp_path / ".snakemake/log").iterdir())
 
 
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
+    # Plain YAML keeps the later section silently: the pasted `prune:` would replace the grid.
+    (tmp_path / "twice.yaml").write_text((REPO / ".test/config.yaml").read_text() + "prune: {sparsities: [0.5], methods: {lwm: {}}}\n")
+    with pytest.raises(ConfigError, match=r"^config file .*twice.yaml: not valid YAML \(line \d+\): key 'prune' given twice in one mapping$"):
+        load_config(tmp_path / "twice.yaml")
+    run = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--snakefile", str(REPO / "Snakefile"), "--configfile", "twice.yaml"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env_with_repo())
+    assert run.returncode != 0 and run.stderr.strip().startswith("advprune: config file") and "key 'prune' given twice" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
 def test_n_examples_larger_than_a_prepared_split_is_refused(tmp_path):
     import json
 

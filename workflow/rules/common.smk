@@ -7,6 +7,8 @@ from advprune import config as cfg
 from advprune.codehash import code_hash
 
 try:
+    for configfile_path in workflow.overwrite_configfiles:  # what Snakemake's YAML reading lets pass (a key given twice)
+        cfg.read_config_file(configfile_path)
     cfg.type_overrides(config, workflow.config_settings.overwrite_config)
     cfg.validate(config)
     cfg.check_start_checkpoints(config)
