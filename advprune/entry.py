@@ -154,9 +154,10 @@ def read_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:
     return obj
 
 
-def read_csv(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[dict[str, str]]:
+def read_csv(path: str | os.PathLike, required: tuple[str, ...] = (), numbers: tuple[str, ...] = ()) -> list[dict[str, str]]:
     """The rows of a CSV another job wrote with write_csv (every row as long as the header), as strings; its
-    header has the columns `required`. A file without a header has no rows (and none of the columns)."""
+    header has the columns `required`, and the columns `numbers` hold a number in every row. A file without a
+    header has no rows (and none of the columns)."""
     try:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
@@ -173,7 +174,18 @@ def read_csv(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[di
         if None in row or None in row.values():
             fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
             _damaged(path, f"truncated or corrupt CSV (line {line} has {fields} fields, the header {len(header)})")
+        for column in numbers:
+            if not _is_number(row[column]):
+                _damaged(path, f"corrupt CSV (line {line}: {column} {row[column]!r} is not a number)")
     return rows
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _damaged(path, reason: str, cause: BaseException | None = None):

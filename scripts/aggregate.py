@@ -100,13 +100,13 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
     sensitivity = []
     for path in sorted(sensitivity_csvs):
         ids = _ids(path)
-        sensitivity += [{k: ids[k] for k in ("dataset", "arch", "seed")} | row for row in read_csv(path, SENSITIVITY_COLUMNS)]
+        sensitivity += [{k: ids[k] for k in ("dataset", "arch", "seed")} | row for row in read_csv(path, SENSITIVITY_COLUMNS, numbers=("sensitivity",))]
     write_csv(sensitivity, out["sensitivity"])
 
     curves = []
     for stage, paths in (("pretrain", pretrain_curves), ("finetune", finetune_curves)):
         for path in sorted(paths):
-            curves += [{**_ids(path), "stage": stage, **row} for row in read_csv(path, CURVE_COLUMNS)]
+            curves += [{**_ids(path), "stage": stage, **row} for row in read_csv(path, CURVE_COLUMNS, numbers=CURVE_COLUMNS)]
     write_csv(curves, out["training_curves"])
 
     # What dvc.yaml declares: the metrics JSON and one CSV per DVC plot.

@@ -46,7 +46,7 @@ def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sens
 def _read_sensitivity(path):
     import pandas as pd
 
-    rows = read_csv(path, ("module", "sensitivity"))
+    rows = read_csv(path, ("module", "sensitivity"), numbers=("sensitivity",))
     return pd.DataFrame(rows or {"module": [], "sensitivity": []})  # mrpf reads both columns and converts each value
 
 

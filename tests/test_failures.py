@@ -81,6 +81,7 @@ DAMAGED_CSV = [
     ("empty", "", "lacks the column(s) epoch (empty file)"),
     ("binary", b"\x80\x04\x95PK\x03\x04\xff\xfe", "not a CSV table"),
     ("another table", "module,sensitivity\nfc,0.1\n", "lacks the column(s) epoch"),
+    ("not a number", "epoch,train_loss\n0,0.5\n\x00\x00,0.4\n", "corrupt CSV (line 3: epoch '\\x00\\x00' is not a number)"),
 ]
 
 
@@ -107,7 +108,7 @@ def test_a_damaged_results_csv_is_named_with_what_to_do(tmp_path, name, content,
 
     path = _write(tmp_path / "curve.csv", content)
     with pytest.raises(CheckpointError) as error:
-        read_csv(path, ("epoch",))
+        read_csv(path, ("epoch",), numbers=("epoch",))
     assert str(error.value).startswith(f"{path}: {message}") and str(error.value).endswith("(delete it and re-run to recompute it)")
     assert "\n" not in str(error.value)
 
