@@ -241,8 +241,8 @@ def _check_start(config: dict) -> None:
         try:
             pretrain["checkpoint"].format(dataset=config["datasets"][0], arch=config["archs"][0])
         except (KeyError, IndexError, AttributeError, ValueError) as error:
-            raise ConfigError(f"config key 'pretrain.checkpoint': {pretrain['checkpoint']!r} is not a path template with only {{dataset}} and {{arch}} "
-                              f"in braces ({type(error).__name__}: {error}; write a literal brace as {{{{ or }}}})") from None
+            raise ConfigError(f"config key 'pretrain.checkpoint': {pretrain['checkpoint']!r} is not a path template with only {{dataset}} "
+                              f"and {{arch}} in braces ({type(error).__name__}: {error}; write a literal brace as {{{{ or }}}})") from None
     if pretrain.get("checkpoint") is not None and pretrain.get("robustbench") is not None:
         raise ConfigError("config key 'pretrain.robustbench': set either pretrain.checkpoint or pretrain.robustbench, not both")
     model = (pretrain.get("robustbench") or {}).get("model")

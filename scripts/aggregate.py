@@ -100,7 +100,8 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
     sensitivity = []
     for path in sorted(sensitivity_csvs):
         ids = _ids(path)
-        sensitivity += [{k: ids[k] for k in ("dataset", "arch", "seed")} | row for row in read_csv(path, SENSITIVITY_COLUMNS, numbers=("sensitivity",))]
+        rows = read_csv(path, SENSITIVITY_COLUMNS, numbers=("sensitivity",))
+        sensitivity += [{k: ids[k] for k in ("dataset", "arch", "seed")} | row for row in rows]
     write_csv(sensitivity, out["sensitivity"])
 
     curves = []

@@ -60,7 +60,8 @@ BAD = [
     ("a seed written as a float", lambda c: c.update(seeds=[1.0]), "'seeds[0]': 1.0 is not of type 'integer'"),
     ("unknown placeholder in the start checkpoint", lambda c: c["pretrain"].update(checkpoint="models/{datasett}/{arch}.pt"),
      "'pretrain.checkpoint': 'models/{datasett}/{arch}.pt' is not a path template with only {dataset} and {arch} in braces (KeyError: 'datasett'"),
-    ("unclosed brace in the start checkpoint", lambda c: c["pretrain"].update(checkpoint="models/{dataset.pt"), "'pretrain.checkpoint': 'models/{dataset.pt' is not"),
+    ("unclosed brace in the start checkpoint", lambda c: c["pretrain"].update(checkpoint="models/{dataset.pt"),
+     "'pretrain.checkpoint': 'models/{dataset.pt' is not"),
 ]
 
 
