@@ -11,7 +11,8 @@ dataset) and checks after each run that every report output exists.
 What is shrunk, and only that: one seed; one sparsity (the one a study uses when a study's sparsity is among the
 config's, so the study reuses the main jobs as it does at full scale; else the largest); epochs to one (zero stays
 zero); attack steps to two, sensitivity ascent to one step; batch sizes to 16 (every run still takes several
-batches); architecture widths to a few channels; the data to a few images of four classes per dataset
+batches); architecture widths to a few channels (widened where the sparsity would leave fewer weights than
+layers); the data to a few images of four classes per dataset
 (the network keeps the dataset's class count and image size); evaluation to 8 test points and one latency
 repeat; the (dataset, architecture) product to a covering set (every dataset, every architecture on every
 image geometry of the config's datasets, every method on every pair, the studies on the first dataset's). What is kept: every dataset, architecture, method entry, method option that selects a code path,
@@ -55,6 +56,7 @@ EVAL_POINTS = 8
 TRAIN_PER_CLASS = 10  # four classes: 40 training images, 4 of them carved off as validation
 TEST_IMAGES = 16
 WIDTH = 2  # every architecture with a `width` option (resnet18, vgg16_bn: 2 = 2..16 channels; WRNs: base width)
+KEPT_PER_LAYER = 4  # ... widened until the rehearsal's sparsity keeps this many weights per layer on average
 # option keys of method entries and fine-tuning overrides that count epochs (0 keeps its meaning: none)
 EPOCH_KEYS = ("epochs", "admm_epochs", "retrain_epochs", "finetune_epochs", "eps_ramp_epochs")
 
@@ -87,6 +89,26 @@ def rehearsal_sparsity(config: dict) -> float:
     return max(sparsities)
 
 
+def rehearsal_width(arch: str, datasets: list[str], sparsity: float) -> int:
+    """The narrowest width (WIDTH, doubled as needed) at which the sparsity still keeps KEPT_PER_LAYER weights
+    per prunable layer on average: a network so narrow that 99.9 % leaves fewer weights than layers fails
+    where the paper-width one does not (HARP needs one weight per layer), which is no finding."""
+    import torch.nn as nn
+
+    from advprune.data import DATASETS
+    from advprune.models import build_model
+
+    spec = DATASETS[datasets[0]]
+    width = WIDTH
+    while width < 64:
+        model = build_model(arch, spec.n_classes, spec.channels, spec.image_size, width=width)
+        layers = [m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        if (1 - sparsity) * sum(layers) >= KEPT_PER_LAYER * len(layers):
+            break
+        width *= 2
+    return width
+
+
 def shrink(config: dict, device: str = "cpu") -> dict:
     """The rehearsal configuration of a validated paper configuration (see the module docstring)."""
     small = copy.deepcopy(config)
@@ -102,7 +124,7 @@ def shrink(config: dict, device: str = "cpu") -> dict:
     schema = cfg._schema()["properties"]["models"]["properties"]
     for arch in small["archs"]:
         if "width" in schema.get(arch, {}).get("properties", {}):
-            small["models"].setdefault(arch, {})["width"] = WIDTH
+            small["models"].setdefault(arch, {})["width"] = rehearsal_width(arch, small["datasets"], small["prune"]["sparsities"][0])
     _shrink_training(small["pretrain"])
     _shrink_training(small["finetune"])
     sens = small["sensitivity"]
@@ -257,14 +279,23 @@ def rehearse(config_path: str | Path, workdir: str | Path, cores: int = 2, devic
         run = _snakemake(workdir, configfile, log, "--cores", str(cores))
         text = log.read_text()
         if run.returncode != 0:
-            failed = [line.strip() for line in text.splitlines() if line.strip().startswith(("Error in rule", "log:"))]
-            raise RehearsalError(f"rehearsal of {config_path} failed ({'; '.join(failed[:4]) or _last_line(log)}); Snakemake's log: {log}")
+            raise RehearsalError(f"rehearsal of {config_path} failed ({'; '.join(_failures(text, workdir)) or _last_line(log)}); Snakemake's log: {log}")
         missing = [p for p in expected_outputs(str(workdir / "results/report"), small["report"]["formats"]) if not Path(p).is_file()]
         if missing:
             raise RehearsalError(f"rehearsal of {config_path}: the run finished but the report lacks {missing[0]} ({len(missing)} missing); log: {log}")
         done = re.findall(r"(\d+) of \d+ steps \(100%\) done", text)
         jobs += int(done[-1]) if done else 0
     return Rehearsal(str(config_path), workdir, time.monotonic() - started, _children_cpu() - cpu, jobs, len(runs))
+
+
+def _failures(text: str, workdir: Path) -> list[str]:
+    """'Error in rule prune: <the job log's last line> (log: <path>)' for each failed job of a Snakemake log."""
+    out = []
+    for rule, block in re.findall(r"Error in rule (\w+):\n((?:[ \t].*\n?)*)", text):
+        job_log = re.search(r"log: (\S+)", block)
+        path = workdir / job_log[1] if job_log else None
+        out.append(f"Error in rule {rule}: {_last_line(path) if path and path.is_file() else 'no job log'} (log: {path})")
+    return out
 
 
 def _last_line(log: Path) -> str:
