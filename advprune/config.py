@@ -228,8 +228,18 @@ def validate(config: dict) -> dict:
         _fill_defaults(spec, method_schemas[name], method_schemas[name])
     _check_studies(config)
     _check_sparsities(config)
+    _check_data_dirs(config)
     _check_start(config)
     return config
+
+
+def _check_data_dirs(config: dict) -> None:
+    """Data directories that cannot be made because a file stands at them (or above them)."""
+    for key in ("root", "raw_root"):
+        path = Path(config["data"][key])
+        blocked = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise ConfigError(f"config key 'data.{key}': {path} cannot be a directory, {blocked} is a file")
 
 
 def _check_start(config: dict) -> None:
@@ -271,6 +281,8 @@ def missing_start_checkpoint(start: dict) -> str | None:
     """One line saying where to put a start checkpoint that is not there (downloads are the user's to make)."""
     if Path(start["path"]).is_file():
         return None
+    if Path(start["path"]).is_dir():
+        return f"config key '{start['source']}': {start['path']} is a directory: name the checkpoint file in it"
     if "robustbench" in start:
         zoo = start["robustbench"]
         root = Path(start["path"]).parents[2]

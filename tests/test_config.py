@@ -107,6 +107,17 @@ def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
     assert len(run.stderr.strip().splitlines()) == 1
 
 
+def test_paths_that_cannot_be_used_are_named(tmp_path):
+    from advprune.config import check_start_checkpoints
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError, match=f"^config key 'data.raw_root': {tmp_path}/a_file/raw cannot be a directory, {tmp_path}/a_file is a file$"):
+        validate(_bad(lambda c: c["data"].update(raw_root=str(tmp_path / "a_file/raw"))))
+    config = validate(_bad(lambda c: c["pretrain"].update(checkpoint=str(tmp_path))))
+    with pytest.raises(ConfigError, match=f"^config key 'pretrain.checkpoint': {tmp_path} is a directory: name the checkpoint file in it$"):
+        check_start_checkpoints(config)
+
+
 def test_n_examples_larger_than_a_prepared_split_is_refused(tmp_path):
     import json
 
