@@ -15,7 +15,8 @@ batches); architecture widths to a few channels (widened where the sparsity woul
 layers); the data to a few images of four classes per dataset
 (the network keeps the dataset's class count and image size); evaluation to 8 test points and one latency
 repeat; the (dataset, architecture) product to a covering set (every dataset, every architecture on every
-image geometry of the config's datasets, every method on every pair, the studies on the first dataset's). What is kept: every dataset, architecture, method entry, method option that selects a code path,
+image geometry of the config's datasets, every method on every pair, the studies on the first dataset's).
+What is kept: every dataset, architecture, method entry, method option that selects a code path,
 study, objective, threat model, AutoAttack's standard version and the verification settings: the same rules,
 scripts and library functions run, and the tables and figures have the shapes a full run gives them (one
 seed, one sparsity fewer rows).
@@ -269,7 +270,8 @@ def rehearse(config_path: str | Path, workdir: str | Path, cores: int = 2, devic
     (workdir / "plan.yaml").write_text(header + yaml.safe_dump(planned, sort_keys=False))
     run = _snakemake(workdir, workdir / "plan.yaml", workdir / "plan.log", "-n", "--quiet", "rules")
     if run.returncode != 0:
-        raise RehearsalError(f"rehearsal of {config_path}: planning the full DAG failed: {_last_line(workdir / 'plan.log')} (log: {workdir / 'plan.log'})")
+        plan_log = workdir / "plan.log"
+        raise RehearsalError(f"rehearsal of {config_path}: planning the full DAG failed: {_last_line(plan_log)} (log: {plan_log})")
 
     jobs = 0
     runs = invocations(small)
@@ -279,10 +281,12 @@ def rehearse(config_path: str | Path, workdir: str | Path, cores: int = 2, devic
         run = _snakemake(workdir, configfile, log, "--cores", str(cores))
         text = log.read_text()
         if run.returncode != 0:
-            raise RehearsalError(f"rehearsal of {config_path} failed ({'; '.join(_failures(text, workdir)) or _last_line(log)}); Snakemake's log: {log}")
+            failures = "; ".join(_failures(text, workdir)) or _last_line(log)
+            raise RehearsalError(f"rehearsal of {config_path} failed ({failures}); Snakemake's log: {log}")
         missing = [p for p in expected_outputs(str(workdir / "results/report"), small["report"]["formats"]) if not Path(p).is_file()]
         if missing:
-            raise RehearsalError(f"rehearsal of {config_path}: the run finished but the report lacks {missing[0]} ({len(missing)} missing); log: {log}")
+            raise RehearsalError(f"rehearsal of {config_path}: the run finished but the report lacks {missing[0]} ({len(missing)} missing); "
+                                 f"log: {log}")
         done = re.findall(r"(\d+) of \d+ steps \(100%\) done", text)
         jobs += int(done[-1]) if done else 0
     return Rehearsal(str(config_path), workdir, time.monotonic() - started, _children_cpu() - cpu, jobs, len(runs))

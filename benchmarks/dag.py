@@ -77,7 +77,8 @@ def main():
         seconds, cpu_seconds, jobs = plan(configfile, Path(tmp))
         print(f"snakemake -n, union of {len(paths)} paper configs ({len(union['datasets'])} datasets x {len(union['archs'])} archs x "
               f"{len(union['prune']['methods'])} methods x {len(union['prune']['sparsities'])} sparsities x {a.seeds} seeds, studies): "
-              f"{jobs} jobs planned in {seconds:.1f} s ({cpu_seconds:.1f} CPU s); target {TARGET_S:.0f} s, ratio target/actual {TARGET_S / seconds:.2f}")
+              f"{jobs} jobs planned in {seconds:.1f} s ({cpu_seconds:.1f} CPU s); "
+              f"target {TARGET_S:.0f} s, ratio target/actual {TARGET_S / seconds:.2f}")
         if a.profile:
             from snakemake.cli import main as snakemake_main
 

@@ -77,7 +77,8 @@ def test_a_failing_job_is_named_in_one_line(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text((REPO / "config/paper/pwoa_mnist.yaml").read_text().replace("pwoa: {lambda_x", "pwoa: {rho0: 0.5, rho_max: 0.1, lambda_x"))
     assert cfg.load_config(broken)["prune"]["methods"]["pwoa"]["rho_max"] == 0.1
-    with pytest.raises(rehearsal.RehearsalError, match=r"broken.yaml failed \(Error in rule prune: .*rho_max.* \(log: .*/pwoa/s0.99.log\)\); Snakemake's log: .*snakemake0.log$"):
+    expected = r"broken.yaml failed \(Error in rule prune: .*rho_max.* \(log: .*/pwoa/s0.99.log\)\); Snakemake's log: .*snakemake0.log$"
+    with pytest.raises(rehearsal.RehearsalError, match=expected):
         rehearsal.rehearse(broken, tmp_path / "run")
 
 
