@@ -50,7 +50,7 @@ from .tables import FINETUNE_MODES, METRICS, OBJECTIVES, RETAINED, objective_stu
 NEUTRAL = "#4d4d4d"  # for bars that belong to no method
 # Increasing training effort in increasingly dark blues; method colours are kept for methods.
 FINETUNE_MODE_COLORS = {"none": "#c6dbef", "natural": "#6baed6", "adversarial": "#08519c"}
-RETAINED_COLORS = {"clean_acc": "#9ecae1", "autoattack_acc": "#b2182b"}
+RETAINED_COLORS = {"clean_acc": "#9ecae1", "autoattack_acc": "#b2182b", "verified_acc": "#4d9221"}
 UNIFORM_COLOR = "#4d4d4d"
 LOSS_TERM_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#1f78b4")
 PRUNE_PHASES = ("admm", "retrain")  # PwoA's, in the order they run
@@ -364,10 +364,12 @@ def objective_study(study: pd.DataFrame, per_point: pd.DataFrame | None = None) 
         names = [f"{p} → {f}" for p, f in pairs]
         df = df.set_index(df["pretrain_objective"] + " → " + df["finetune_objective"])
         ax.axhline(100, color=DENSE_COLOR, linestyle="--", linewidth=1.2, zorder=1)
-        for k, metric in enumerate(RETAINED):
+        # verified accuracy only where some record has it (not computed otherwise, never drawn as zero)
+        metrics = [m for m in RETAINED if df[f"retained_{m.removesuffix('_acc')}_pct"].notna().any() or m != "verified_acc"]
+        for k, metric in enumerate(metrics):
             short = f"retained_{metric.removesuffix('_acc')}_pct"
             stats = df[[short, f"{short}_lo", f"{short}_hi"]].set_axis(["mean", "lo", "hi"], axis=1).reindex(names)
-            _bar_group(ax, len(names), k, len(RETAINED), stats, RETAINED_COLORS[metric], RETAINED[metric])
+            _bar_group(ax, len(names), k, len(metrics), stats, RETAINED_COLORS[metric], RETAINED[metric])
         _bar_axis(ax, names, "Pretraining → fine-tuning objective")
         for label, (p, f) in zip(ax.get_xticklabels(), pairs):
             # Sehwag et al.: the matched pairs are the ones expected to keep the most.

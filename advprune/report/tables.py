@@ -67,7 +67,7 @@ METRICS = {"clean_acc": "Clean", "pgd_acc": "PGD", "autoattack_acc": "AutoAttack
 NOT_COMPUTED = "not computed"
 KEYS = ["dataset", "arch", "method", "sparsity_target"]
 FINETUNE_MODES = ("none", "natural", "adversarial")
-OBJECTIVES = ("natural", "pgd_at", "trades", "mart")
+OBJECTIVES = ("natural", "pgd_at", "trades", "mart", "ibp", "crown_ibp")
 
 
 def read_table(tables_dir: str, name: str) -> pd.DataFrame:
@@ -179,14 +179,16 @@ def finetune_study_table(study: pd.DataFrame) -> pd.DataFrame:
     return out[columns + _metric_columns(METRICS)]
 
 
-RETAINED = {"clean_acc": "benign (clean)", "autoattack_acc": "robust (AutoAttack)"}
+# Sehwag et al. 2019 report all three; verified is empty ("not computed") where the records have none.
+RETAINED = {"clean_acc": "benign (clean)", "autoattack_acc": "robust (AutoAttack)", "verified_acc": "verifiable (IBP / CROWN-IBP)"}
 _OBJECTIVE_KEYS = ["dataset", "arch", "seed", "pretrain_objective"]
 
 
 def retained_per_seed(study: pd.DataFrame) -> pd.DataFrame:
     """The pruned rows of the objective study with the accuracies of the dense model of the same dataset, arch,
     seed and *pretraining* objective (`dense_<metric>`) and the fractions of them kept (`retained_<metric>`);
-    NaN where that dense model is missing or has zero accuracy."""
+    NaN where that dense model is missing or has zero accuracy (or the records have no such metric)."""
+    study = study.reindex(columns=[*study.columns, *(m for m in RETAINED if m not in study)])
     is_dense = study["method"] == DENSE
     dense = study[is_dense].groupby(_OBJECTIVE_KEYS)[list(RETAINED)].mean().add_prefix("dense_").reset_index()
     pruned = study[~is_dense].merge(dense, on=_OBJECTIVE_KEYS, how="left", validate="many_to_one")
@@ -205,7 +207,7 @@ def retained_estimate(pruned: pd.DataFrame, dense: pd.DataFrame, metric: str, in
     accuracy is 0 or missing (nothing to retain)."""
     seeds = sorted(set(pruned["seed"]) & set(dense["seed"]))
     pruned, dense = pruned[pruned["seed"].isin(seeds)], dense[dense["seed"].isin(seeds)]
-    if not seeds or len(pruned) != len(seeds) or len(dense) != len(seeds) or not (dense[metric].astype(float) > 0).all():
+    if metric not in dense or not seeds or len(pruned) != len(seeds) or len(dense) != len(seeds) or not (dense[metric].astype(float) > 0).all():
         return None
     models = index.models({"pruned": (table, pruned), "dense": (table, dense)}, metric)
     return bootstrap(models, lambda acc: (acc["pruned"] / acc["dense"]).mean(axis=1))
