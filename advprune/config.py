@@ -459,6 +459,11 @@ def prune_params(config: dict, key: str, pretrain_objective: str | None = None, 
 FINETUNE_MODES = ("none", "natural", "adversarial")
 
 
+def objective_names() -> list[str]:
+    """Every training objective the config accepts (the schema's enum), e.g. for the studies' path wildcards."""
+    return list(_schema()["$defs"]["objective"]["enum"])
+
+
 def finetune_params(config: dict, key: str | None = None, mode: str | None = None, objective: str | None = None, *, dataset: str) -> dict:
     """Fine-tuning of method `key`: the finetune section, then the method's own `finetune` override; a study's
     `mode` (none | natural | adversarial = the finetune section's objective) or `objective` replaces both."""

@@ -38,8 +38,8 @@ wildcard_constraints:
     method="|".join(["dense", *METHODS]),
     sparsity=cfg.SPARSITY_PATTERN,
     mode="|".join(cfg.FINETUNE_MODES),
-    pre="natural|pgd_at|trades|mart",
-    ft="natural|pgd_at|trades|mart",
+    pre="|".join(cfg.objective_names()),
+    ft="|".join(cfg.objective_names()),
 
 
 def code(script):
