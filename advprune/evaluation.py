@@ -146,6 +146,7 @@ def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, p
         "clean_acc": float(clean.float().mean()),
         "pgd_acc": float(pgd_robust.float().mean()),
         "autoattack_acc": float(result.robust_accuracy),
+        "autoattack_version": aa.version,
         "autoattack_breakdown": result.robust_after,
         "attack_seconds": {**seconds, **{f"aa_{k}": v for k, v in result.seconds.items()}},
         "points_sha256": points,

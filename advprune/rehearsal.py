@@ -17,7 +17,7 @@ layers); the data to a few images of four classes per dataset
 repeat; the (dataset, architecture) product to a covering set (every dataset, every architecture on every
 image geometry of the config's datasets, every method on every pair, the studies on the first dataset's).
 What is kept: every dataset, architecture, method entry, method option that selects a code path,
-study, objective, threat model, AutoAttack's standard version and the verification settings: the same rules,
+study, objective, threat model, every AutoAttack part and the verification settings: the same rules,
 scripts and library functions run, and the tables and figures have the shapes a full run gives them (one
 seed, one sparsity fewer rows).
 
@@ -27,8 +27,10 @@ raw files are written here, `download: false`), that the real public checkpoints
 config names (only their layout is exercised), numerical behaviour that needs many epochs (schedules, HARP's
 gamma freezing after the target is met, PwoA's later ADMM cycles), and the other sparsities' and seeds' jobs
 (the same code with other numbers), and a bug specific to one (dataset, architecture) pair outside the
-covering set. Standard AutoAttack is not shrunk (the schema has only its standard version): an evaluation
-whose model keeps some point correct runs its ~7,000 sequential model calls, which dominates a rehearsal's time.
+covering set. AutoAttack runs its `rehearsal` version: every part on the same code paths with 3 iterations and
+20 Square queries instead of 100 and 5,000 (standard AutoAttack's ~7,000 sequential model calls per model
+would dominate a rehearsal's time; the parts' full budgets are tested against the original in
+tests/test_autoattack.py).
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ def shrink(config: dict, device: str = "cpu") -> dict:
     ev = small["evaluate"]
     ev["n_examples"] = EVAL_POINTS
     ev["pgd"]["steps"] = _fewer(ev["pgd"]["steps"], ATTACK_STEPS)
+    ev["autoattack"] = {**ev["autoattack"], "version": "rehearsal"}
     if ev.get("latency"):
         ev["latency"] = {"batch_size": EVAL_POINTS, "warmup": 0, "repeats": 1}
     small["device"] = device

@@ -115,19 +115,20 @@ def test_result_is_valid(setup, ours, norm, eps):
     assert torch.equal(result.x_adv[result.robust], x[result.robust])
 
 
-def original_part(name: str, model: nn.Module, norm: str, eps: float, n_targets: int = 9):
-    """One part of the original, set up as its standard version runs it (autoattack.py, `_set_version`)."""
+def original_part(name: str, model: nn.Module, norm: str, eps: float, n_targets: int = 9, n_iter: int = 100, n_queries: int = 5000):
+    """One part of the original, set up as its standard version runs it (autoattack.py, `_set_version`), or with
+    another iteration or query budget."""
     from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
     from pyautoattack.fab_pt import FABAttack_PT
     from pyautoattack.square import SquareAttack
 
     if name == "apgd-ce":
-        return APGDAttack(model, n_restarts=1, n_iter=100, eps=eps, norm=norm, rho=0.75, seed=0, loss="ce")
+        return APGDAttack(model, n_restarts=1, n_iter=n_iter, eps=eps, norm=norm, rho=0.75, seed=0, loss="ce")
     if name == "apgd-t":
-        return APGDAttack_targeted(model, n_restarts=1, n_iter=100, eps=eps, norm=norm, rho=0.75, seed=0, n_target_classes=n_targets)
+        return APGDAttack_targeted(model, n_restarts=1, n_iter=n_iter, eps=eps, norm=norm, rho=0.75, seed=0, n_target_classes=n_targets)
     if name == "fab-t":
-        return FABAttack_PT(model, n_restarts=1, n_iter=100, eps=eps, norm=norm, seed=0, targeted=True, n_target_classes=n_targets)
-    return SquareAttack(model, p_init=0.8, n_queries=5000, eps=eps, norm=norm, n_restarts=1, seed=0, resc_schedule=False)
+        return FABAttack_PT(model, n_restarts=1, n_iter=n_iter, eps=eps, norm=norm, seed=0, targeted=True, n_target_classes=n_targets)
+    return SquareAttack(model, p_init=0.8, n_queries=n_queries, eps=eps, norm=norm, n_restarts=1, seed=0, resc_schedule=False)
 
 
 def our_part(name: str, model: nn.Module, norm: str, eps: float, n_targets: int = 9, max_batch: int = 10_000):
@@ -160,6 +161,30 @@ def test_parts_equal_the_original(setup, name, norm, max_batch):
         broken = model(got).argmax(1) != y
     assert 0 < broken.sum() < len(y), "nothing or everything broken: the comparison would be vacuous"
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t", "fab-t", "square"])
+def test_rehearsal_budget_equals_the_original_with_that_budget(setup, name):
+    """`version="rehearsal"` (advprune rehearse's smoke test) runs the same parts with 3 iterations and 20 queries:
+    each part's budget reaches its loops and schedules exactly as the original's n_iter / n_queries do."""
+    from advprune.attacks.autoattack import VERSIONS
+
+    n_iter, n_queries = VERSIONS["rehearsal"]
+    model, x, y = setup
+    model.requires_grad_(False)
+    try:
+        with torch.no_grad():
+            correct = model(x).argmax(1) == y
+        x, y = x[correct][:40], y[correct][:40]
+        with torch.random.fork_rng():
+            expected = original_part(name, model, "Linf", EPS, n_iter=n_iter, n_queries=n_queries).perturb(x, y)
+            aa = AutoAttack(model, eps=EPS, seed=0, version="rehearsal", log_progress=False)
+            got = aa.attacks[name](x, y)
+    finally:
+        model.requires_grad_(True)
+    assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="version"):
+        AutoAttack(model, eps=EPS, version="quick")
 
 
 def test_target_classes_with_few_classes(setup):

@@ -2,6 +2,7 @@
 architecture pairs, the start checkpoints in RobustBench's layout, and every config in config/paper/ run end to
 end through the real Snakefile on raw files in each dataset's official format."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,6 @@ def test_every_paper_config_rehearses_end_to_end(path, tmp_path):
                 assert base / "dense/s0.json" in evals
                 assert all(base / method / f"s{sparsity}.json" in evals for method in config["prune"]["methods"])
     assert (tmp_path / "results/report/tables/robustness.csv").is_file()
+    # every part of AutoAttack ran, on its rehearsal budget (a smoke test, never a result)
+    record = json.loads((tmp_path / "results/eval" / evals[0]).read_text())
+    assert record["autoattack_version"] == "rehearsal" and set(record["autoattack_breakdown"]) == {"clean", "apgd-ce", "apgd-t", "fab-t", "square"}

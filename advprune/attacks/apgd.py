@@ -25,8 +25,11 @@ import torch.nn.functional as F
 
 N_ITER = 100
 RHO = 0.75
-# checkpoints of the step-size schedule, as the original derives them from n_iter
-N_ITER_2, N_ITER_MIN, SIZE_DECR = max(int(0.22 * N_ITER), 1), max(int(0.06 * N_ITER), 1), max(int(0.03 * N_ITER), 1)
+
+
+def _checkpoints(n_iter: int) -> tuple[int, int, int]:
+    """The step-size schedule's checkpoints, as the original derives them from n_iter."""
+    return max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1), max(int(0.03 * n_iter), 1)
 
 
 def _per_point(v: torch.Tensor, ndims: int) -> torch.Tensor:
@@ -71,7 +74,7 @@ def _loss_and_grad(model, x_adv, y, y_target, loss_fn):
     return logits.detach(), loss_indiv.detach(), grad.detach()
 
 
-def single_run(model: nn.Module, x, y, start, eps: float, norm: str, loss_fn, y_target=None) -> tuple[torch.Tensor, torch.Tensor]:
+def single_run(model: nn.Module, x, y, start, eps: float, norm: str, loss_fn, y_target=None, n_iter: int = N_ITER) -> tuple[torch.Tensor, torch.Tensor]:
     """One APGD run from `start` (the original's `attack_single_run`); returns (still correct, last adversarial
     iterate) per point, the original's `acc` and `x_best_adv`."""
     ndims = x.dim() - 1
@@ -80,7 +83,8 @@ def single_run(model: nn.Module, x, y, start, eps: float, norm: str, loss_fn, y_
     x_best = x_adv.clone()
     x_best_adv = x_adv.clone()
     # zeros, as the original's: the first oscillation check compares loss_steps[0] with the unwritten last row
-    loss_steps = torch.zeros([N_ITER, n], device=x.device)
+    n_iter_2, n_iter_min, size_decr = _checkpoints(n_iter)
+    loss_steps = torch.zeros([n_iter, n], device=x.device)
 
     logits, loss_indiv, grad = _loss_and_grad(model, x_adv, y, y_target, loss_fn)
     grad_best = grad.clone()
@@ -89,12 +93,12 @@ def single_run(model: nn.Module, x, y, start, eps: float, norm: str, loss_fn, y_
 
     step_size = 2.0 * eps * torch.ones([n, *([1] * ndims)], device=x.device)
     x_adv_old = x_adv.clone()
-    k = N_ITER_2
+    k = n_iter_2
     counter3 = 0
     loss_best_last_check = loss_best.clone()
     reduced_last_check = torch.ones_like(loss_best)
     lower, upper = x - eps, x + eps
-    for i in range(N_ITER):
+    for i in range(n_iter):
         with torch.no_grad():
             x_adv = x_adv.detach()
             grad2 = x_adv - x_adv_old
@@ -137,24 +141,24 @@ def single_run(model: nn.Module, x, y, start, eps: float, norm: str, loss_fn, y_
                 step_size[reduce] /= 2.0
                 x_adv[reduce] = x_best[reduce]
                 grad[reduce] = grad_best[reduce]
-                k = max(k - SIZE_DECR, N_ITER_MIN)
+                k = max(k - size_decr, n_iter_min)
                 counter3 = 0
     return acc, x_best_adv
 
 
-def _chunked_run(model, x, y, start, eps, norm, loss_fn, y_target, max_batch: int):
+def _chunked_run(model, x, y, start, eps, norm, loss_fn, y_target, max_batch: int, n_iter: int = N_ITER):
     """`single_run` over chunks of at most max_batch points (the points do not interact)."""
     accs, advs = [], []
     for lo in range(0, len(x), max_batch):
         sl = slice(lo, lo + max_batch)
-        acc, adv = single_run(model, x[sl], y[sl], start[sl], eps, norm, loss_fn, None if y_target is None else y_target[sl])
+        acc, adv = single_run(model, x[sl], y[sl], start[sl], eps, norm, loss_fn, None if y_target is None else y_target[sl], n_iter)
         accs.append(acc)
         advs.append(adv)
     return torch.cat(accs), torch.cat(advs)
 
 
 @torch.no_grad()
-def apgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, seed: int, max_batch: int) -> torch.Tensor:
+def apgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, seed: int, max_batch: int, n_iter: int = N_ITER) -> torch.Tensor:
     """The original's `APGDAttack(loss='ce', n_restarts=1).perturb(x, y)`: x where no point broke."""
     acc = model(x).max(1)[1] == y
     adv = x.clone()
@@ -162,13 +166,14 @@ def apgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm
     idx = acc.nonzero().flatten()
     if len(idx):
         x_sub, y_sub = x[idx], y[idx]
-        acc_sub, adv_sub = _chunked_run(model, x_sub, y_sub, random_start(x_sub, eps, norm), eps, norm, ce_loss, None, max_batch)
+        acc_sub, adv_sub = _chunked_run(model, x_sub, y_sub, random_start(x_sub, eps, norm), eps, norm, ce_loss, None, max_batch, n_iter)
         adv[idx[~acc_sub]] = adv_sub[~acc_sub]
     return adv
 
 
 @torch.no_grad()
-def apgd_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, seed: int, n_targets: int, max_batch: int) -> torch.Tensor:
+def apgd_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, seed: int, n_targets: int, max_batch: int,
+                  n_iter: int = N_ITER) -> torch.Tensor:
     """The original's `APGDAttack_targeted(n_restarts=1, n_target_classes=n_targets).perturb(x, y)`."""
     acc = model(x).max(1)[1] == y
     adv = x.clone()
@@ -189,7 +194,7 @@ def apgd_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
         m = n_targets - first
         targets = torch.cat([order[:, -(k + 2)] for k in range(first, n_targets)])
         acc_all, adv_all = _chunked_run(model, x_sub.repeat(m, *([1] * (x.dim() - 1))), y_sub.repeat(m), torch.cat(starts),
-                                        eps, norm, dlr_targeted_loss, targets, max_batch)
+                                        eps, norm, dlr_targeted_loss, targets, max_batch, n_iter)
         fooled = ~acc_all.view(m, len(idx))
         broke = fooled.any(1).nonzero().flatten()
         if not len(broke):

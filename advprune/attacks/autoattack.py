@@ -24,6 +24,10 @@ from advprune.attacks.square import square_linf
 log = logging.getLogger(__name__)
 
 N_TARGETS = 9  # target classes of APGD-T and FAB-T in the original standard version
+# (iterations of APGD and FAB, Square's queries). "rehearsal" runs every part and code path with a budget too small
+# to mean anything: only `advprune rehearse` uses it, to check a configuration end to end in seconds; its records
+# say so (`autoattack_version`) and are never results.
+VERSIONS = {"standard": (100, 5000), "rehearsal": (3, 20)}
 TOLERANCE = 1e-5  # float slack allowed on the eps-ball (the parts project in float32)
 
 
@@ -51,7 +55,8 @@ class AutoAttack:
         eps (float): radius of the threat model. (Default: 8/255)
         n_classes (int): number of classes the model outputs (checked on each call); >= 4, as the
             targeted DLR loss uses the 4th-largest logit. (Default: 10)
-        version (str): only 'standard'. (Default: 'standard')
+        version (str): 'standard', or 'rehearsal' (the same parts with 3 iterations and 20 queries: a smoke test
+            of a configuration, never a result). (Default: 'standard')
         seed (int): seed every part starts from, on every batch, as the original does. (Default: 0)
         batch_size (int): points per attack call, as the original's `run_standard_evaluation(batch_size=)`.
             Results depend on it, since every part reseeds per batch as in the original (which defaults to 250).
@@ -112,28 +117,31 @@ class AutoAttack:
         log_progress: bool = True,
         max_batch: int | None = None,
     ):
-        if version != "standard":
-            raise ValueError(f"only version='standard' is implemented, got {version!r}")
+        if version not in VERSIONS:
+            raise ValueError(f"version must be one of {', '.join(VERSIONS)}, got {version!r}")
+        if version != "standard" and norm != "Linf":
+            raise ValueError(f"version {version!r} is only for Linf")
         if norm not in ("Linf", "L2"):
             raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
         if n_classes < 4:
             raise ValueError("AutoAttack's targeted DLR loss needs at least 4 classes")
         if eps <= 0 or batch_size < 1:
             raise ValueError("AutoAttack needs eps > 0 and batch_size >= 1")
-        self.model, self.norm, self.eps, self.n_classes = model, norm, float(eps), int(n_classes)
+        self.model, self.norm, self.eps, self.n_classes, self.version = model, norm, float(eps), int(n_classes), version
         self.seed, self.batch_size, self.log_progress = int(seed), int(batch_size), log_progress
         self.n_targets = min(N_TARGETS, self.n_classes - 1)
         self.max_batch = int(max_batch) if max_batch is not None else self.n_targets * self.batch_size
         if self.max_batch < 1:
             raise ValueError("AutoAttack needs max_batch >= 1")
         eps, seed, chunk, targets = self.eps, self.seed, self.max_batch, self.n_targets
+        n_iter, n_queries = VERSIONS[version]
         # Square with L2 stays torchattacks' (see the class docstring); with Linf it is ours.
         self.square = None if norm == "Linf" else torchattacks.Square(model, n_queries=5000, n_restarts=1, p_init=0.8, loss="margin", resc_schedule=False, norm=norm, eps=self.eps, seed=self.seed)
         self.attacks = {
-            "apgd-ce": lambda x, y: apgd_ce(model, x, y, eps, norm, seed, chunk),
-            "apgd-t": lambda x, y: apgd_targeted(model, x, y, eps, norm, seed, targets, chunk),
-            "fab-t": lambda x, y: fab_targeted(model, x, y, eps, norm, targets, chunk),
-            "square": (lambda x, y: square_linf(model, x, y, eps, seed)) if self.square is None else self.square,
+            "apgd-ce": lambda x, y: apgd_ce(model, x, y, eps, norm, seed, chunk, n_iter),
+            "apgd-t": lambda x, y: apgd_targeted(model, x, y, eps, norm, seed, targets, chunk, n_iter),
+            "fab-t": lambda x, y: fab_targeted(model, x, y, eps, norm, targets, chunk, n_iter),
+            "square": (lambda x, y: square_linf(model, x, y, eps, seed, n_queries)) if self.square is None else self.square,
         }
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> AutoAttackResult:

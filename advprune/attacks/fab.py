@@ -30,7 +30,8 @@ def _dist(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().max(1)[0] if norm == "Linf" else (flat**2).sum(-1).sqrt()
 
 
-def single_run(model: nn.Module, im2: torch.Tensor, la2: torch.Tensor, la_target: torch.Tensor, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+def single_run(model: nn.Module, im2: torch.Tensor, la2: torch.Tensor, la_target: torch.Tensor, norm: str,
+               n_iter: int = N_ITER) -> tuple[torch.Tensor, torch.Tensor]:
     """The original's targeted `attack_single_run` loop on points it classifies correctly; returns (found,
     closest adversarial point found) per point."""
     bs, ndims = im2.shape[0], im2.dim() - 1
@@ -41,7 +42,7 @@ def single_run(model: nn.Module, im2: torch.Tensor, la2: torch.Tensor, la_target
     x0 = im2.clone().reshape([bs, -1])
     project = projection_linf if norm == "Linf" else projection_l2
     im = logits = None  # the iterate and its logits, with the graph, when the last check can be reused
-    for it in range(N_ITER):
+    for it in range(n_iter):
         if im is None:
             im = x1.clone().requires_grad_()
             with torch.enable_grad():
@@ -65,7 +66,7 @@ def single_run(model: nn.Module, im2: torch.Tensor, la2: torch.Tensor, la_target
         alpha = torch.min(torch.max(a1 / (a1 + a2), torch.zeros(a1.shape, device=a1.device)), ALPHA_MAX * torch.ones(a1.shape, device=a1.device))
         x1 = ((x1 + ETA * d1) * (1 - alpha) + (im2 + d2 * ETA) * alpha).clamp(0.0, 1.0)
 
-        last = it == N_ITER - 1
+        last = it == n_iter - 1
         im = None if last else x1.clone().requires_grad_()
         with torch.set_grad_enabled(not last):
             logits = model(x1 if last else im)
@@ -83,7 +84,8 @@ def single_run(model: nn.Module, im2: torch.Tensor, la2: torch.Tensor, la_target
 
 
 @torch.no_grad()
-def fab_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, n_targets: int, max_batch: int) -> torch.Tensor:
+def fab_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, n_targets: int, max_batch: int,
+                 n_iter: int = N_ITER) -> torch.Tensor:
     """The original's `FABAttack_PT(targeted=True, n_restarts=1, n_target_classes=n_targets).perturb(x, y)`."""
     acc = model(x).max(1)[1] == y
     adv = x.clone()
@@ -103,7 +105,7 @@ def fab_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
         la_target = torch.cat([order[correct, -(k + 2)] for k in range(m)])
         for lo in range(0, m * n, max_batch):
             sl = slice(lo, lo + max_batch)
-            found[sl], x_found[sl] = single_run(model, im2[sl], la2[sl], la_target[sl], norm)
+            found[sl], x_found[sl] = single_run(model, im2[sl], la2[sl], la_target[sl], norm, n_iter)
     # Each target's result per point: the found adversarial point, else x (the original's adv_c).
     adv_k = x_sub.repeat(m, *([1] * (x.dim() - 1))).view(m, len(idx), *x.shape[1:])
     adv_k[:, correct] = x_found.view(m, n, *x.shape[1:])

@@ -44,7 +44,7 @@ def _margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return y_corr - logits.max(dim=-1)[0]
 
 
-def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n_queries: int = N_QUERIES) -> torch.Tensor:
     c, h, w = x.shape[1:]
     n_features = c * h * w
     x_best = torch.clamp(x + eps * _random_sign([x.shape[0], c, 1, w]).to(x.device), 0.0, 1.0)
@@ -52,7 +52,7 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -
     loss_min = margin_min.clone()  # the margin loss: the loss is the margin
     if (margin_min < 0.0).all():
         return x_best
-    for i_iter in range(N_QUERIES):
+    for i_iter in range(n_queries):
         idx = (margin_min > 0.0).nonzero().flatten()
         x_curr, x_best_curr, y_curr = x[idx], x_best[idx], y[idx]
         margin_min_curr, loss_min_curr = margin_min[idx], loss_min[idx]
@@ -77,7 +77,7 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -
 
 
 @torch.no_grad()
-def square_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
+def square_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int, n_queries: int = N_QUERIES) -> torch.Tensor:
     """The original's `SquareAttack(norm='Linf', n_queries=5000, p_init=.8, n_restarts=1, loss='margin',
     resc_schedule=False).perturb(x, y)`."""
     acc = model(x).max(1)[1] == y
@@ -86,7 +86,7 @@ def square_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
     idx = acc.nonzero().flatten()
     if len(idx):
         x_sub, y_sub = x[idx], y[idx]
-        adv_sub = single_run(model, x_sub, y_sub, eps)
+        adv_sub = single_run(model, x_sub, y_sub, eps, n_queries)
         fooled = model(adv_sub).max(1)[1] != y_sub
         adv[idx[fooled]] = adv_sub[fooled]
     return adv
