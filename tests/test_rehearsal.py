@@ -33,7 +33,9 @@ def test_shrinking_keeps_every_dataset_arch_method_and_study(path):
                {k: v for k, v in spec.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
         assert all(shrunk[k] <= v for k, v in spec.items() if isinstance(v, int) and not isinstance(v, bool))
     assert small["seeds"] == config["seeds"][:1] and len(small["prune"]["sparsities"]) == 1
-    assert small["evaluate"]["autoattack"] == config["evaluate"]["autoattack"] and small["evaluate"]["verify"] == config["evaluate"]["verify"]
+    # AutoAttack: every part, on the rehearsal budget; the verification settings as they are
+    assert small["evaluate"]["autoattack"] == {**config["evaluate"]["autoattack"], "version": "rehearsal"}
+    assert small["evaluate"]["verify"] == config["evaluate"]["verify"]
     assert small["pretrain"]["objective"] == config["pretrain"]["objective"] and small["pretrain"]["epochs"] == 1
     for study in config["studies"].values():  # a study reusing main-grid jobs at full scale still does
         if study.get("sparsity") in config["prune"]["sparsities"]:
