@@ -140,23 +140,30 @@ def our_part(name: str, model: nn.Module, norm: str, eps: float, n_targets: int 
     }[name]
 
 
-@pytest.mark.parametrize("name, norm, max_batch", [("apgd-ce", "Linf", 7), ("apgd-t", "Linf", 10_000), ("apgd-t", "L2", 50), ("fab-t", "Linf", 10_000),
-                                                   ("fab-t", "L2", 50), ("square", "Linf", None)])
-def test_parts_equal_the_original(setup, name, norm, max_batch):
-    """Each part returns exactly the original's points. The weak model breaks points at several target classes,
-    so APGD-T's speculative side-by-side targets are redrawn and rerun; small max_batch splits the model calls."""
+def both_parts(setup, original, ours):
+    """The original part's and ours on the same 40 correctly classified points, each from the same RNG state."""
     model, x, y = setup
-    eps = EPS if norm == "Linf" else 0.5
     model.requires_grad_(False)
     try:
         with torch.no_grad():
             correct = model(x).argmax(1) == y
         x, y = x[correct][:40], y[correct][:40]
         with torch.random.fork_rng():
-            expected = original_part(name, model, norm, eps).perturb(x, y)
-            got = our_part(name, model, norm, eps, max_batch=max_batch)(x, y)
+            expected = original.perturb(x, y)
+            got = ours(x, y)
     finally:
         model.requires_grad_(True)
+    return x, y, expected, got
+
+
+@pytest.mark.parametrize("name, norm, max_batch", [("apgd-ce", "Linf", 7), ("apgd-t", "Linf", 10_000), ("apgd-t", "L2", 50), ("fab-t", "Linf", 10_000),
+                                                   ("fab-t", "L2", 50), ("square", "Linf", None)])
+def test_parts_equal_the_original(setup, name, norm, max_batch):
+    """Each part returns exactly the original's points. The weak model breaks points at several target classes,
+    so APGD-T's speculative side-by-side targets are redrawn and rerun; small max_batch splits the model calls."""
+    model, _, _ = setup
+    eps = EPS if norm == "Linf" else 0.5
+    x, y, expected, got = both_parts(setup, original_part(name, model, norm, eps), our_part(name, model, norm, eps, max_batch=max_batch))
     with torch.no_grad():
         broken = model(got).argmax(1) != y
     assert 0 < broken.sum() < len(y), "nothing or everything broken: the comparison would be vacuous"
@@ -170,18 +177,9 @@ def test_rehearsal_budget_equals_the_original_with_that_budget(setup, name):
     from advprune.attacks.autoattack import VERSIONS
 
     n_iter, n_queries = VERSIONS["rehearsal"]
-    model, x, y = setup
-    model.requires_grad_(False)
-    try:
-        with torch.no_grad():
-            correct = model(x).argmax(1) == y
-        x, y = x[correct][:40], y[correct][:40]
-        with torch.random.fork_rng():
-            expected = original_part(name, model, "Linf", EPS, n_iter=n_iter, n_queries=n_queries).perturb(x, y)
-            aa = AutoAttack(model, eps=EPS, seed=0, version="rehearsal", log_progress=False)
-            got = aa.attacks[name](x, y)
-    finally:
-        model.requires_grad_(True)
+    model, _, _ = setup
+    original = original_part(name, model, "Linf", EPS, n_iter=n_iter, n_queries=n_queries)
+    _, _, expected, got = both_parts(setup, original, AutoAttack(model, eps=EPS, seed=0, version="rehearsal", log_progress=False).attacks[name])
     assert torch.equal(got, expected)
     with pytest.raises(ValueError, match="version"):
         AutoAttack(model, eps=EPS, version="quick")
