@@ -18,6 +18,7 @@ from advprune.training import apply_masks
 from advprune.checkpoint import CheckpointError, load_model, load_start_model, save_model
 from advprune.config import ConfigError, check_start_checkpoints, method_spec, pretrain_params, validate
 from advprune.models import build_model
+from advprune.rehearsal import robustbench_layout
 
 from conftest import REPO, prune_context
 
@@ -44,22 +45,10 @@ def _source_model():
 
 
 def robustbench_state(model) -> dict:
-    """The model's weights named as RobustBench's `WideResNet(depth=34, sub_block1=True)` names them, wrapped as
-    its checkpoints are: {'state_dict': {'module.<key>': tensor}}, with the never-used sub_block1 included."""
-    per_stage = len(model.blocks) // 3
-    state = {}
-    for key, value in model.state_dict().items():
-        parts = key.split(".")
-        if parts[0] == "blocks":
-            i = int(parts[1])
-            rest = ["convShortcut" if p == "shortcut" else p for p in parts[2:]]
-            key = ".".join([f"block{i // per_stage + 1}", "layer", str(i % per_stage), *rest])
-            if i < per_stage:
-                state["sub_block1" + key.removeprefix("block1")] = torch.zeros_like(value)
-        elif parts[0] == "bn":
-            key = "bn1." + ".".join(parts[1:])
-        state[key] = value
-    return {"state_dict": {f"module.{k}": v for k, v in state.items()}}
+    """The model's weights as RobustBench's WideResNet checkpoints hold them (the rehearsal's writer), with the
+    never-used sub_block1 zeroed: loading it by mistake would change the model, and the tests would see it."""
+    state = robustbench_layout(model)["state_dict"]
+    return {"state_dict": {k: torch.zeros_like(v) if k.startswith("module.sub_block1.") else v for k, v in state.items()}}
 
 
 def _config(digits_dir, root):
