@@ -13,7 +13,7 @@ import time
 import torch
 import torch.nn as nn
 
-from advprune.attacks.fused import FoldedBatchNorm
+from advprune.attacks.fused import AttackView
 from advprune.attacks.pgd import PGD
 from advprune.pruning import layer_sparsity, prunable_weights
 
@@ -121,7 +121,7 @@ def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, p
 
     model.eval()
     if fold_batchnorm:
-        model = FoldedBatchNorm(model).refresh()
+        model = AttackView(model).refresh()
     x, y = split.float_x(), split.y
     started = time.time()
     with torch.no_grad():

@@ -23,7 +23,7 @@ import time
 import torch
 
 from advprune.attacks import PGD
-from advprune.attacks.fused import FoldedBatchNorm
+from advprune.attacks.fused import AttackView
 from advprune.models import build_model
 from advprune.runtime import configure_torch
 from advprune.verification import verified_accuracy
@@ -31,7 +31,7 @@ from advprune.verification import verified_accuracy
 
 def _view(arch, width, channels, size, seed=0):
     torch.manual_seed(seed)
-    return FoldedBatchNorm(build_model(arch, 10, channels, (size, size), width=width).eval()).refresh()
+    return AttackView(build_model(arch, 10, channels, (size, size), width=width).eval()).refresh()
 
 
 def examples_per_second(model, x, y, eps, methods, rounds, crown_intermediate="ibp", batch_size=128):
@@ -112,7 +112,7 @@ def whole_evaluation(a):
     scores = robustness(model, test, 10, a.eps, "Linf", {"steps": 20, "restarts": 1, "step_size": 0.01}, {"version": "standard", "seed": 0}, 256)
     attacks = time.perf_counter() - started
     started = time.perf_counter()
-    result = verified_accuracy(FoldedBatchNorm(model).refresh(), test.float_x(), test.y, a.eps)
+    result = verified_accuracy(AttackView(model).refresh(), test.float_x(), test.y, a.eps)
     verify = time.perf_counter() - started
     print(f"whole evaluation ({len(test)} test digits, PGD-AT small_cnn width {a.width}, clean {scores['clean_acc']:.3f}, "
           f"AutoAttack {scores['autoattack_acc']:.3f}, verified {float(result.either.float().mean()):.3f}): "

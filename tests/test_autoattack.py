@@ -160,7 +160,8 @@ def both_parts(setup, original, ours):
                                                    ("fab-t", "L2", 50), ("square", "Linf", None)])
 def test_parts_equal_the_original(setup, name, norm, max_batch):
     """Each part returns exactly the original's points. The weak model breaks points at several target classes,
-    so APGD-T's speculative side-by-side targets are redrawn and rerun; small max_batch splits the model calls."""
+    so FAB-T's side-by-side targets must resolve to the first that broke each point; small max_batch splits the
+    model calls."""
     model, _, _ = setup
     eps = EPS if norm == "Linf" else 0.5
     x, y, expected, got = both_parts(setup, original_part(name, model, norm, eps), our_part(name, model, norm, eps, max_batch=max_batch))

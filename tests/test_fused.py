@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from advprune.attacks.fused import FoldedBatchNorm
+from advprune.attacks.fused import AttackView
 from advprune.models import build_model
 
 
@@ -10,7 +10,7 @@ def test_folded_view_computes_the_eval_model_and_its_input_gradient(arch):
     torch.manual_seed(0)
     model = build_model(arch, 10, 3, (16, 16), width=4)
     model(torch.rand(32, 3, 16, 16))  # train-mode pass: non-trivial running statistics
-    folded = FoldedBatchNorm(model)
+    folded = AttackView(model)
     assert folded.pairs, "no conv-BN pair was folded"
     view = folded.refresh()
     model.eval()
@@ -23,7 +23,7 @@ def test_folded_view_computes_the_eval_model_and_its_input_gradient(arch):
 
 def test_refresh_follows_weight_updates_and_leaves_the_model_alone():
     model = build_model("small_cnn", 10, 1, (8, 8), width=4)
-    folded = FoldedBatchNorm(model)
+    folded = AttackView(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         model[0].weight.mul_(2.0)  # an optimiser step
@@ -56,7 +56,23 @@ def test_building_the_view_draws_no_random_numbers():
     # Training builds the view at its first attack; a resumed run does so epochs later than an uninterrupted one.
     model = build_model("resnet18", 10, 1, (8, 8), width=4)
     torch.manual_seed(0)
-    FoldedBatchNorm(model).refresh()
+    AttackView(model).refresh()
     after_building = torch.rand(3)
     torch.manual_seed(0)
     assert torch.equal(after_building, torch.rand(3))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_views_max_pooling_is_bit_identical_and_keeps_the_layout(memory_format):
+    from advprune.attacks.fused import ChannelsLastMaxPool2d
+
+    x = torch.randn(16, 8, 9, 9).relu().contiguous(memory_format=memory_format).requires_grad_()
+    with torch.no_grad():
+        x[:, :, :3, :3] = 1.0  # ties inside windows: the same index must win
+    for options in [{"kernel_size": 2}, {"kernel_size": 3, "stride": 2, "padding": 1}]:
+        plain, fast = torch.nn.MaxPool2d(**options)(x), ChannelsLastMaxPool2d(**options)(x)
+        assert torch.equal(plain, fast) and fast.is_contiguous(memory_format=memory_format)
+        g = torch.randn_like(plain)
+        assert torch.equal(torch.autograd.grad(plain, x, g)[0], torch.autograd.grad(fast, x, g)[0])
+    view = AttackView(build_model("small_cnn", 10, 1, (8, 8), width=4)).refresh()
+    assert sum(isinstance(m, ChannelsLastMaxPool2d) for m in view.modules()) == 2

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from advprune.attacks.fused import FoldedBatchNorm
+from advprune.attacks.fused import AttackView
 from advprune.data import load_split
 from advprune.pruning import build_method, layer_sparsity, prunable_weights
 from advprune.pruning._structured import remove_channels, structured_cost
@@ -126,7 +126,7 @@ def test_the_attack_view_sees_the_masked_network():
     dense = model(x)
     units = _WeightUnits(model, include_first_last=True)
     with _harp_phase(model, units, dict.fromkeys(units.names, 0.3), 0.01, freeze_bn=False):
-        folded = FoldedBatchNorm(model)
+        folded = AttackView(model)
         assert folded.pairs  # traced and folded with the masks attached
         masked = model.eval()(x)
         assert torch.allclose(folded.refresh()(x), masked, atol=1e-5)

@@ -2,9 +2,11 @@
 original implementation (github.com/fra31/auto-attack, `version='standard'` as its `_set_version` sets it).
 
 Each part (advprune.attacks.apgd, .fab, .square) follows the original operation for operation with the same
-random draws, and returns the original's points; it is faster because the target classes of APGD-T and FAB-T
-run side by side in one batch, FAB reuses a forward pass the original runs twice, and no per-call wrappers sit
-around the model. `benchmarks/autoattack.py` measures it against the original (`pyautoattack`).
+random draws, and returns the original's points; it is faster because FAB-T's target classes run side by
+side in one batch, FAB reuses a forward pass the original runs twice, Square skips work whose result it never
+uses, and no per-call wrappers sit around the model. advprune.evaluation attacks the model through its attack
+view (advprune.attacks.fused: BatchNorm folded, max pooling on the fast CPU kernel). `benchmarks/autoattack.py`
+measures it against the original (`pyautoattack`).
 """
 
 from __future__ import annotations
@@ -62,9 +64,9 @@ class AutoAttack:
             Results depend on it, since every part reseeds per batch as in the original (which defaults to 250).
             (Default: 500)
         log_progress (bool): log one line per attack (name, robust accuracy, seconds). (Default: True)
-        max_batch (int): most points per model call, which bounds memory: APGD-T and FAB-T run the targets
-            of a batch side by side, up to min(9, n_classes - 1) x batch_size points at once. Does not change
-            results. (Default: min(9, n_classes - 1) x batch_size)
+        max_batch (int): most points per model call, which bounds memory: FAB-T runs the targets of a batch
+            side by side, up to min(9, n_classes - 1) x batch_size points at once. Does not change results.
+            (Default: min(9, n_classes - 1) x batch_size)
 
     Shape:
         - x: (N, C, H, W) float in [0, 1], y: (N,) int64, both on the model's device.
@@ -83,10 +85,8 @@ class AutoAttack:
     targets, no batching), this is the original's standard version.
 
     Differences from the original (`pyautoattack`), none of which changes a result:
-        - APGD-T and FAB-T attack all target classes of a batch at once and keep, per point, the first target
-          (in the original's order) that broke it. APGD-T's random starts depend on which points earlier
-          targets broke: they are drawn as if none will, and redrawn from the original's generator state and
-          rerun for the later targets when one does (advprune.attacks.apgd says how);
+        - FAB-T attacks all target classes of a batch at once and keeps, per point, the first target (in the
+          original's order) that broke it (FAB-T draws nothing at random, so the targets do not interact);
         - FAB-T's "is the iterate adversarial?" pass also serves the next gradient when no point moved;
         - Square skips the cross-entropy and query counts it computes but never uses with the margin loss;
         - the sanity checks of `run_standard_evaluation` (randomised defence, probability outputs, ...) and
@@ -94,8 +94,8 @@ class AutoAttack:
         - with `seed=None` it seeds from the clock; here the seed is an int, and since every part calls
           `torch.manual_seed` (which also reseeds CUDA), the call runs inside `torch.random.fork_rng` so the
           caller's RNG stream is left as it was.
-    Points are evaluated in other batch compositions than the original's (targets side by side, chunks of
-    max_batch); where a kernel's blocking depends on the batch size (oneDNN for small batches, cuDNN) a logit
+    Points are evaluated in other batch compositions than the original's (FAB-T's targets side by side,
+    chunks of max_batch); where a kernel's blocking depends on the batch size (oneDNN for small batches, cuDNN) a logit
     can then differ by float rounding, which changes a result only where an attack sits on a knife edge.
     The model runs in eval mode with its parameters' `requires_grad` off (FAB backpropagates through the
     logits, which would otherwise fill `.grad`); both are restored afterwards.

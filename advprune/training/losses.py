@@ -14,14 +14,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from advprune.attacks.fused import FoldedBatchNorm
+from advprune.attacks.fused import AttackView
 from advprune.attacks.pgd import PGD, ce_sum
 
 
 class Objective:
     name = "base"
     adversarial = True
-    _folded: FoldedBatchNorm | None = None
+    _folded: AttackView | None = None
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -45,7 +45,7 @@ class Objective:
         """Run `attack(view)` on the eval-mode model with BatchNorm folded into the convolutions (the same
         function, fewer kernels per attack step), then hand the model back in train mode."""
         if self._folded is None or self._folded.model is not model:
-            self._folded = FoldedBatchNorm(model)
+            self._folded = AttackView(model)
         model.eval()
         try:
             return attack(self._folded.refresh())
