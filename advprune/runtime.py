@@ -82,7 +82,9 @@ def configure_torch(threads: int | None = None, deterministic: bool = True) -> N
     torch.backends.cudnn.allow_tf32 = False
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        # What torch.use_deterministic_algorithms does, minus importing torch._inductor to set its flag: that
+        # import (torch._dynamo with it) took 1.7 s of every job's start, and nothing here compiles.
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
 

@@ -51,10 +51,12 @@ class AttackView:
             conv = modules.get(source.target) if isinstance(source, fx.Node) and source.op == "call_module" else None
             if not isinstance(conv, nn.Conv2d) or len(source.users) != 1:
                 continue
-            # skip_init: drawing initial weights would consume the global RNG, and where the first attack
-            # happens (epoch 1, or the first epoch after a resume) must not change the random stream.
-            folded = torch.nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                                              conv.groups, bias=True, padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
+            # Drawing the initial weights (overwritten by refresh) must not consume the caller's random stream:
+            # where the first attack happens (epoch 1, or the first epoch after a resume) must not change it.
+            # (torch.nn.utils.skip_init would avoid the draw, but its meta-device path imports sympy: ~1 s per job.)
+            with torch.random.fork_rng(devices=[conv.weight.device] if conv.weight.is_cuda else []):
+                folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
+                                   bias=True, padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
             folded.requires_grad_(False)
             if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
                 folded.to(memory_format=torch.channels_last)  # keep the training fast path's NHWC kernels
