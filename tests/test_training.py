@@ -133,3 +133,12 @@ def test_a_prune_phase_with_an_unreadable_resume_state_starts_fresh(digits_dir, 
     assert [row["epoch"] for row in curve] == [1]
     assert (tmp_path / "job.scores.state.pt.unreadable").read_bytes() == b"PK\x03\x04torn"
     assert context.resume_states() == [str(tmp_path / "job.scores.state.pt")]  # the fresh one; the damaged file is not removed with it
+
+
+def test_a_job_runs_deterministic_kernels_without_loading_the_compiler_stack():
+    # torch.use_deterministic_algorithms would import torch._inductor (and _dynamo): 1.7 s of every job's start.
+    probe = ("import sys, torch; from advprune.runtime import configure_torch; configure_torch(1); "
+             "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), "
+             "torch.get_num_threads(), 'torch._inductor' in sys.modules, 'torch._dynamo' in sys.modules)")
+    run = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True, cwd=REPO, env=env_with_repo(), check=True)
+    assert run.stdout.split() == ["True", "True", "1", "False", "False"], run.stdout + run.stderr
