@@ -111,17 +111,16 @@ def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, p
     `points_sha256` a hash of the points and labels evaluated: two records with the same hash were evaluated on
     the same points, so their models can be compared with a paired test (`advprune.stats`).
 
-    With `fold_batchnorm`, everything runs on the eval-mode network with BatchNorm folded into the
-    convolutions: the same function up to float rounding, with a third fewer kernels per call, which is what
-    the ~7,000 sequential model calls of standard AutoAttack on a small network spend their time on.
+    Everything runs on the attack view of the eval-mode network (advprune.attacks.fused: max pooling on the
+    fast CPU kernel, bit-identical); with `fold_batchnorm` also BatchNorm folded into the convolutions: the
+    same function up to float rounding, with a third fewer kernels per call, which is what the ~7,000
+    sequential model calls of standard AutoAttack on a small network spend their time on.
     """
     if norm != "Linf":
         raise NotImplementedError("only the Linf threat model is evaluated so far")
     from advprune.attacks.autoattack import AutoAttack
 
-    model.eval()
-    if fold_batchnorm:
-        model = AttackView(model).refresh()
+    model = AttackView(model.eval(), fold_batchnorm).refresh()
     x, y = split.float_x(), split.y
     started = time.time()
     with torch.no_grad():

@@ -74,5 +74,11 @@ def test_the_views_max_pooling_is_bit_identical_and_keeps_the_layout(memory_form
         assert torch.equal(plain, fast) and fast.is_contiguous(memory_format=memory_format)
         g = torch.randn_like(plain)
         assert torch.equal(torch.autograd.grad(plain, x, g)[0], torch.autograd.grad(fast, x, g)[0])
-    view = AttackView(build_model("small_cnn", 10, 1, (8, 8), width=4)).refresh()
+    model = build_model("small_cnn", 10, 1, (8, 8), width=4)
+    view = AttackView(model).refresh()
     assert sum(isinstance(m, ChannelsLastMaxPool2d) for m in view.modules()) == 2
+    # unfolded, the view is the eval-mode model bit for bit, and still pools on the fast kernel
+    unfolded = AttackView(model, fold_batchnorm=False)
+    assert not unfolded.pairs and sum(isinstance(m, ChannelsLastMaxPool2d) for m in unfolded.view.modules()) == 2
+    x = torch.rand(32, 1, 8, 8)
+    assert torch.equal(unfolded.refresh()(x), model.eval()(x))

@@ -33,7 +33,9 @@ class ChannelsLastMaxPool2d(nn.MaxPool2d):
 
 
 class AttackView:
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, fold_batchnorm: bool = True):
+        """`fold_batchnorm=False` keeps BatchNorm as it is (the exact eval-mode function); pooling is swapped
+        either way, since that changes no bit."""
         self.model = model
         self.pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d, nn.Conv2d]] = []
         try:
@@ -44,7 +46,7 @@ class AttackView:
             return
         modules = dict(graph_module.named_modules())
         for node in list(graph_module.graph.nodes):
-            bn = modules.get(node.target) if node.op == "call_module" else None
+            bn = modules.get(node.target) if node.op == "call_module" and fold_batchnorm else None
             if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats:
                 continue
             source = node.args[0]

@@ -111,7 +111,7 @@ def record_fields(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     else:
         from advprune.attacks.fused import AttackView
 
-        view = AttackView(model).refresh() if fold_batchnorm else model.eval()  # the network the attacks ran on
+        view = AttackView(model.eval(), fold_batchnorm).refresh()  # the network the attacks ran on
         try:
             result = verified_accuracy(view, x, y, eps, settings["methods"], settings["batch_size"], settings["crown_intermediate"])
         except UnsupportedModel as error:
