@@ -7,6 +7,7 @@ a metric the record lacks (`verified_acc` before verification runs) stays empty,
 each record's per-point results (one '0'/'1' string per metric, in the split's order) and the hash of its
 points, which is what paired tests between models need."""
 
+import json
 import re
 from pathlib import Path
 
@@ -21,6 +22,12 @@ SUMMARY_COLUMNS = ["dataset", "arch", "seed", "method", "impl", "sparsity_target
                    "flops_dense", "flops_effective", "structured", "latency_ms", "latency_dense_ms",
                    *[c for m in ACCURACIES for c in (m, f"{m}_lo", f"{m}_hi")], "verified_ibp_acc", "verified_crown_acc", "n_examples",
                    "norm", "eps", "points_sha256"]
+# What made each model (record fields `taxonomy`, `convergence`, `budget`): a comparison's arms must agree on the
+# fine-tuning columns, and a verdict built on a model whose method did not run its course says so.
+TAXONOMY_COLUMNS = ["structure", "locality", "allocation", "ranking", "schedule"]
+FINETUNE_SETTINGS = ["objective", "epochs", "lr", "schedule", "batch_size", "weight_decay", "momentum", "attack", "trades_beta", "mart_beta"]
+MODEL_COLUMNS = [*TAXONOMY_COLUMNS, "converged", "convergence", *(f"ft_{k}" for k in FINETUNE_SETTINGS), "ft_steps", "ft_attack_calls",
+                 "ft_train_seconds", "prune_objective", "prune_epochs", "prune_steps", "prune_attack_calls", "prune_train_seconds"]
 STUDY_COLUMNS = {"study_finetune": ["finetune_mode"], "study_objectives": ["pretrain_objective", "finetune_objective"]}
 PER_POINT_IDS = ["table", "dataset", "arch", "seed", "method", "impl", "sparsity_target", "finetune_mode", "pretrain_objective",
                  "finetune_objective", "points_sha256"]
@@ -52,7 +59,23 @@ def _summary_row(record: dict, extra=()) -> dict:
             # accuracy * n is a count stored as a float32 fraction: round it back to whole points
             record[f"{metric}_lo"], record[f"{metric}_hi"] = wilson(round(record[metric] * record["n_examples"]), record["n_examples"])
     # Optional fields (dense models have no impl; older records no latency, per-point results or verification) stay empty.
-    return {k: record.get(k) for k in [*SUMMARY_COLUMNS, *extra]}
+    return {**{k: record.get(k) for k in [*SUMMARY_COLUMNS, *extra]}, **_model_columns(record)}
+
+
+def _model_columns(record: dict) -> dict:
+    """The record's taxonomy, convergence and budget as flat columns (empty for the dense model)."""
+    taxonomy, convergence = record.get("taxonomy") or {}, record.get("convergence") or {}
+    budget = record.get("budget") or {}
+    finetune, phases = budget.get("finetune") or {}, (budget.get("prune") or {}).values()
+    settings, spent = finetune.get("settings") or {}, finetune.get("budget") or {}
+    out = {k: taxonomy.get(k) for k in TAXONOMY_COLUMNS}
+    out |= {"converged": convergence.get("converged"), "convergence": convergence.get("summary")}
+    out |= {f"ft_{k}": json.dumps(settings[k], sort_keys=True) if isinstance(settings.get(k), dict) else settings.get(k) for k in FINETUNE_SETTINGS}
+    out |= {"ft_steps": spent.get("optimizer_steps"), "ft_attack_calls": spent.get("attack_calls"), "ft_train_seconds": spent.get("train_seconds")}
+    out["prune_objective"] = ",".join(sorted({p["objective"] for p in phases})) or None
+    for key in ("epochs", "optimizer_steps", "attack_calls", "train_seconds"):
+        out[f"prune_{key.removeprefix('optimizer_')}"] = sum(p[key] for p in phases) if phases else None
+    return out
 
 
 def _per_point_rows(table: str, record: dict) -> list[dict]:
@@ -85,7 +108,7 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
 
     for name, extra in STUDY_COLUMNS.items():
         records = [{**read_json(r["path"], STUDY_RECORD_KEYS), **r["labels"]} for r in (studies or {}).get(name, [])]
-        write_csv([_summary_row(record, extra) for record in records], out[name], header=[*SUMMARY_COLUMNS, *extra])
+        write_csv([_summary_row(record, extra) for record in records], out[name], header=[*SUMMARY_COLUMNS, *extra, *MODEL_COLUMNS])
         per_point += [row for record in records for row in _per_point_rows(name, record)]
     write_csv(per_point, out["per_point"], header=[*PER_POINT_IDS, "metric", "correct"])
 

@@ -33,11 +33,20 @@ def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, ou
         "structured": bool(ckpt.get("structured", False)),
         "threat_model": {"norm": threat["norm"], "eps": threat["eps"]}, "split": cfg["split"],
         **scores, **verified, **stats,
+        **model_report(ckpt["meta"]),
         "wall_time_s": time.time() - started,
         "provenance": provenance(params, seed, device, code_hash),
         "model_provenance": ckpt["meta"].get("provenance"),
     }
     write_json(record, out_json)
+
+
+def model_report(meta: dict) -> dict:
+    """What made the model, from its checkpoint: the method's taxonomy and convergence report, and the budget of
+    its pruning phases and fine-tuning (what a comparison checks its arms for)."""
+    prune = meta.get("prune", {})
+    return {"taxonomy": prune.get("taxonomy"), "convergence": prune.get("convergence"),
+            "budget": {"prune": prune.get("budget"), "finetune": meta.get("finetune")}}
 
 
 def cli(argv=None):

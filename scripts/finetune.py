@@ -5,7 +5,7 @@ from advprune.data import load_meta, load_split
 from advprune.data.augment import Augmentation
 from advprune.entry import add_training_outputs, existing_file, load_config, parser, remove_resume_state, schema_arg, start_job, write_csv
 from advprune.provenance import provenance
-from advprune.training import from_params, train
+from advprune.training import curve_budget, from_params, train
 
 
 def main(model_path, data_dir, seed, params, out_model, out_curve, resume_path, threads=1, log=None, code_hash=None):
@@ -18,7 +18,8 @@ def main(model_path, data_dir, seed, params, out_model, out_curve, resume_path, 
                   masks=masks, fingerprint_extra={"params": params, "source": ckpt["meta"], "code": code_hash}, desc="finetune", fast_path=params["fast_path"])
     write_csv(curve, out_curve, header=["epoch"])  # a header even when there are no epochs (fine-tuning mode none)
     save_model(out_model, model, ckpt["arch"], ckpt["model_options"], load_meta(data_dir), masks=ckpt["masks"],
-               meta={**ckpt["meta"], "provenance": provenance(params, seed, device, code_hash), "final": curve[-1] if curve else {}})
+               meta={**ckpt["meta"], "provenance": provenance(params, seed, device, code_hash), "final": curve[-1] if curve else {},
+                     "finetune": {"settings": {k: v for k, v in params["train"].items() if k != "augmentation"}, "budget": curve_budget(curve)}})
     remove_resume_state(resume_path)
 
 

@@ -36,11 +36,24 @@ def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sens
     # A structured method's network is smaller: sparsity is what is left of the dense architecture's layers.
     layers = layer_sparsity(model, params["include_first_last"], build_dense(ckpt, device) if method.structured else None)
     measured = sum(r["sparsity"] * r["n_params"] for r in layers) / sum(r["n_params"] for r in layers)
+    # what the method is, whether it ran its course and what it spent: carried to the records, where comparisons check them
+    report = {"taxonomy": method.taxonomy(), "convergence": convergence(result.info.pop("convergence", None), context.budget), "budget": context.budget}
     save_model(out_model, model, ckpt["arch"], ckpt["model_options"], load_meta(data_dir), masks=result.masks,
-               meta={"provenance": provenance(params, seed, device, code_hash), "sparsity_target": float(sparsity)})
-    write_json({"method": params["method"], "sparsity_target": float(sparsity), "sparsity_measured": measured, "layers": layers, "info": result.info}, out_info)
+               meta={"provenance": provenance(params, seed, device, code_hash), "sparsity_target": float(sparsity), "prune": report})
+    write_json({"method": params["method"], "sparsity_target": float(sparsity), "sparsity_measured": measured, **report, "layers": layers,
+                "info": result.info}, out_info)
     for path in context.resume_states():
         remove_resume_state(path)
+
+
+def convergence(reported: dict | None, budget: dict) -> dict:
+    """The method's convergence report ({"converged", "summary", "checks"}); a method without a training phase has
+    no schedule to run through, one that trains but reports nothing is marked unknown (converged null)."""
+    if reported is not None:
+        return reported
+    if not budget:
+        return {"converged": True, "summary": "one-shot: no training schedule", "checks": {}}
+    return {"converged": None, "summary": "the method reports no convergence check", "checks": {}}
 
 
 def _read_sensitivity(path):

@@ -71,6 +71,7 @@ class PruneContext:
     resume_prefix: str | None = None  # phase p resumes from f"{resume_prefix}.{p}.state.pt"
     fingerprint: dict = field(default_factory=dict)  # params and code hash: a resume state from other ones is ignored
     fast_path: dict | None = None  # {precision, channels_last} of the training phases (advprune.training.fast)
+    budget: dict = field(default_factory=dict)  # phase -> what its fit() spent (advprune.training.curve_budget)
 
     def build_objective(self, name: str | None = None, **overrides):
         """A training objective with the pretraining's attack and betas; `name` (None = the pretraining
@@ -85,16 +86,19 @@ class PruneContext:
         """Run one training phase of a method (advprune.training.train) on the train split, resumable after a
         kill under the job's resume prefix; returns its per-epoch curve."""
         from advprune.attacks.pgd import PGD
-        from advprune.training import train
+        from advprune.training import curve_budget, train
 
         attack = self.objective["attack"]
         val_attack = PGD(self.threat_model["eps"], attack["step_size"], attack["steps"]) if validate_robust else None
         run = functools.partial(train, model, objective, self.train, self.val, settings, self.seed, val_attack=val_attack, masks=masks,
                                 fingerprint_extra={**self.fingerprint, "phase": phase}, desc=phase, fast_path=self.fast_path, **train_options)
         if self.resume_prefix:
-            return run(f"{self.resume_prefix}.{phase}.state.pt")
-        with tempfile.TemporaryDirectory(prefix="advprune-") as scratch:  # library use: the loop still writes epoch states
-            return run(os.path.join(scratch, f"{phase}.state.pt"))
+            curve = run(f"{self.resume_prefix}.{phase}.state.pt")
+        else:
+            with tempfile.TemporaryDirectory(prefix="advprune-") as scratch:  # library use: the loop still writes epoch states
+                curve = run(os.path.join(scratch, f"{phase}.state.pt"))
+        self.budget[phase] = {"objective": objective.name, **curve_budget(curve)}
+        return curve
 
     def resume_states(self) -> list[str]:
         """The resume files this job's phases wrote (removed once its outputs exist)."""
@@ -109,8 +113,25 @@ class PruneResult:
 
 
 class PruningMethod(ABC):
+    """`structured`: removes whole channels/filters. The class attributes below place a method in the
+    Adversarial Pruning benchmark's taxonomy (Piras et al. 2024, taxonomy/taxonomy.json), so that comparisons
+    can check which of them two arms share and exports can fill the benchmark's entry: `locality` L (per layer)
+    or G (one ranking across layers); `ap_criterion` in the benchmark's vocabulary (LWM lowest weight magnitude,
+    SOLWM solver-based LWM, LIS least importance score, HGM highest gradient magnitude, random); `ranking` what
+    orders the units (weight_l1, weight_l2, random, learned_score, taylor, ...); `allocation` how the per-layer
+    amounts are set (uniform, global, learned, sensitivity); `iterative` prunes in several steps."""
+
     name = "base"
     structured = False
+    locality = "L"
+    ap_criterion = "LWM"
+    ranking = "weight_l1"
+    allocation = "uniform"
+    iterative = False
+
+    def taxonomy(self) -> dict:
+        return {"structure": "S" if self.structured else "US", "locality": self.locality, "criterion": self.ap_criterion, "ranking": self.ranking,
+                "allocation": self.allocation, "schedule": "IT" if self.iterative else "1S"}
 
     @abstractmethod
     def prune(self, model: nn.Module, sparsity: float, context: PruneContext) -> PruneResult: ...

@@ -91,6 +91,8 @@ log = logging.getLogger(__name__)
 
 @register_method("harp")
 class Harp(PruningMethod):
+    locality, ap_criterion, ranking, allocation = "G", "LIS", "learned_score", "learned"
+
     def __init__(self, granularity: str = "unstructured", objective: str | None = None, trades_beta: float | None = None,
                  mart_beta: float | None = None, gamma0: float = 0.01, r_min_factor: float = 0.1, rate_init: str = "uniform",
                  init_density: float | None = None, channel_budget: str = "flops", epochs: int = 20, batch_size: int = 128, lr: float = 0.1,
@@ -438,7 +440,7 @@ class HarpObjective(Objective):
     def __init__(self, base: Objective, units, params: _Params, target: float, gamma0: float, val=None, val_attack: PGD | None = None):
         self.base, self.units, self.params, self.target, self.gamma0 = base, units, params, target, gamma0
         self.val, self.val_attack = val, val_attack
-        self.name, self.adversarial = base.name, base.adversarial
+        self.name, self.adversarial, self.attack_steps = base.name, base.adversarial, base.attack_steps
         self.epochs_done, self.frozen_gamma = 0, None
 
     @property

@@ -47,6 +47,8 @@ SCORE_INITS = ("scaled", "kaiming_uniform", "kaiming_normal")
 
 @register_method("hydra")
 class Hydra(PruningMethod):
+    ap_criterion, ranking = "LIS", "learned_score"
+
     def __init__(self, objective: str | None = None, trades_beta: float | None = None, epochs: int = 20, lr: float = 0.1, momentum: float = 0.9,
                  weight_decay: float = 1e-4, batch_size: int = 128, schedule: str = "cosine", score_init: str = "scaled", freeze_bn: bool = False):
         if objective is not None and objective not in OBJECTIVES:
@@ -136,7 +138,7 @@ class _TrackMaskChanges(Objective):
 
     def __init__(self, base: Objective, scores: dict[str, torch.Tensor], sparsity: float):
         self.base, self.scores, self.sparsity = base, scores, sparsity
-        self.name, self.adversarial = base.name, base.adversarial
+        self.name, self.adversarial, self.attack_steps = base.name, base.adversarial, base.attack_steps
         self.initial = self.masks()
 
     def __call__(self, model, x, y):

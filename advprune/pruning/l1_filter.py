@@ -42,6 +42,7 @@ class L1Filter(PruningMethod):
         if not 0.0 < max_ratio < 1.0:
             raise ValueError(f"l1_filter: max_ratio must be in (0, 1), not {max_ratio!r}")
         self.criterion, self.measure, self.max_ratio = criterion, measure, max_ratio
+        self.ap_criterion, self.ranking = ("random", "random") if criterion == "random" else ("LWM", f"weight_{criterion}")
 
     def prune(self, model, sparsity, context):
         example = torch.zeros(1, *context.train.x.shape[1:], device=context.device)

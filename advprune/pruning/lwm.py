@@ -53,6 +53,7 @@ class LWM(PruningMethod):
         if lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lwm: lr_schedule must be 'cosine' or 'constant', not {lr_schedule!r}")
         self.scope, self.iterations, self.schedule, self.objective = scope, iterations, schedule, objective
+        self.locality, self.allocation, self.iterative = ("L", "uniform", iterations > 1) if scope == "layer" else ("G", "global", iterations > 1)
         self.settings = TrainSettings(epochs=finetune_epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       schedule=lr_schedule)
 

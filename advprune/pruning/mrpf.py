@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 @register_method("mrpf")
 class MRPF(PruningMethod):
     structured = True
+    allocation = "sensitivity"
 
     def __init__(self, criterion: str = "l1", measure: str = "params", min_ratio: float = 0.0, max_ratio: float = 0.95,
                  sensitivity_power: float = 1.0, eps: float = 1e-3, taylor_batches: int = 8):
@@ -65,6 +66,7 @@ class MRPF(PruningMethod):
         if not isinstance(taylor_batches, int) or taylor_batches < 1:
             raise ValueError(f"mrpf: taylor_batches must be an integer >= 1, not {taylor_batches!r}")
         self.criterion, self.measure, self.min_ratio, self.max_ratio = criterion, measure, min_ratio, max_ratio
+        self.ap_criterion, self.ranking = {"random": ("random", "random"), "taylor": ("HGM", "taylor")}.get(criterion, ("LWM", f"weight_{criterion}"))
         self.sensitivity_power, self.eps, self.taylor_batches = sensitivity_power, eps, taylor_batches
 
     def prune(self, model, sparsity, context):

@@ -97,6 +97,8 @@ from advprune.training.losses import Objective
 
 @register_method("pwoa")
 class PwoA(PruningMethod):
+    ap_criterion = "SOLWM"
+
     def __init__(self, temperature: float = 30.0, distill_weight: float = 10.0, ce_weight: float = 0.0, lambda_x: float = 2e-5,
                  lambda_y: float = 1e-4, sigma: float = 5.0, hsic_eps: float = 1e-5, admm_hsic: bool = False, rho0: float = 0.01,
                  rho_factor: float = 1.35, rho_max: float = 1.0, rho_every: int = 3, reset_z_each_epoch: bool = True, admm_epochs: int = 50,
@@ -297,6 +299,7 @@ class PwoALoss(Objective):
 
     def __init__(self, cfg: PwoA, teacher: nn.Module, taps, admm: ADMM | None, hsic_in_loss: bool, attack: PGD | None, seed: int):
         self.cfg, self.teacher, self.taps, self.admm, self.attack = cfg, teacher, taps, admm, attack
+        self.attack_steps = attack.steps * cfg.mix_ratio if attack is not None else 0  # expected per batch: a batch is attacked w.p. mix_ratio
         self.hsic_in_loss = hsic_in_loss and (cfg.lambda_x > 0 or cfg.lambda_y > 0)
         self.generator = torch.Generator().manual_seed(seed)
         self._reset()

@@ -7,6 +7,8 @@ from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, prun
 
 @register_method("random")
 class RandomPruning(PruningMethod):
+    ap_criterion = ranking = "random"
+
     def prune(self, model, sparsity, context):
         generator = torch.Generator().manual_seed(context.seed)
         weights = prunable_weights(model, context.include_first_last)

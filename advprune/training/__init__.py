@@ -3,9 +3,9 @@
 from advprune.attacks.pgd import PGD
 from advprune.training.losses import OBJECTIVES, Objective, build_objective
 from advprune.training.fast import FastPath
-from advprune.training.trainer import TrainSettings, apply_masks, train, training_step
+from advprune.training.trainer import TrainSettings, apply_masks, curve_budget, train, training_step
 
-__all__ = ["OBJECTIVES", "FastPath", "TrainSettings", "apply_masks", "build_objective", "from_params", "train", "training_step"]
+__all__ = ["OBJECTIVES", "FastPath", "TrainSettings", "apply_masks", "build_objective", "curve_budget", "from_params", "train", "training_step"]
 
 
 def from_params(cfg: dict, eps: float) -> tuple[Objective, TrainSettings, PGD]:

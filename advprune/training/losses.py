@@ -21,6 +21,7 @@ from advprune.attacks.pgd import PGD, ce_sum
 class Objective:
     name = "base"
     adversarial = True
+    attack_steps = 0  # gradient steps of the training attack per batch: the budget a record reports as attack calls
     _folded: AttackView | None = None
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +69,7 @@ class PGDAT(Objective):
     name = "pgd_at"
 
     def __init__(self, attack: PGD):
-        self.attack = attack
+        self.attack, self.attack_steps = attack, attack.steps
 
     def __call__(self, model, x, y):
         x_adv = self._in_eval(model, lambda view: self.attack.perturb(view, x, y))
@@ -82,7 +83,7 @@ class TRADES(Objective):
     name = "trades"
 
     def __init__(self, attack: PGD, beta: float = 6.0):
-        self.attack, self.beta = attack, float(beta)
+        self.attack, self.beta, self.attack_steps = attack, float(beta), attack.steps
 
     def __call__(self, model, x, y):
         def find_x_adv(view):
@@ -104,7 +105,7 @@ class MART(Objective):
     name = "mart"
 
     def __init__(self, attack: PGD, beta: float = 5.0):
-        self.attack, self.beta = attack, float(beta)
+        self.attack, self.beta, self.attack_steps = attack, float(beta), attack.steps
 
     def __call__(self, model, x, y):
         x_adv = self._in_eval(model, lambda view: self.attack.perturb(view, x, y, loss=ce_sum))

@@ -47,6 +47,19 @@ def _fingerprint(settings: TrainSettings, extra: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+BUDGET_COLUMNS = {"steps": "optimizer_steps", "attack_calls": "attack_calls", "train_seconds": "train_seconds"}
+
+
+def curve_budget(curve: list[dict]) -> dict:
+    """What a training run spent, summed over its curve: epochs, optimizer steps, gradient steps of the training
+    attack, seconds of the updates (validation excluded). The records carry it so that a comparison can check
+    that its arms had the same budget."""
+    out = {"epochs": len(curve)}
+    for column, key in BUDGET_COLUMNS.items():
+        out[key] = sum(row.get(column, 0) for row in curve)
+    return out
+
+
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor] | None) -> None:
     """Zero the pruned weights in place (masks: parameter name -> bool or 0/1 float tensor, True/1 = kept)."""
     if not masks:
@@ -184,7 +197,9 @@ def train(
             seen += len(y)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(total_loss) / seen, "train_acc": int(total_correct) / seen}
+        # the epoch's budget: optimizer steps, training-attack gradient steps, and the seconds of the updates alone
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(total_loss) / seen, "train_acc": int(total_correct) / seen, "steps": n_batches,
+               "attack_calls": n_batches * getattr(objective, "attack_steps", 0), "train_seconds": time.time() - started}
         row.update(objective.epoch_end(model, epoch))
         row["val_clean_acc"] = accuracy(model, val_split)
         row["val_robust_acc"] = robust_accuracy(model, val_split, val_attack) if val_attack else float("nan")
