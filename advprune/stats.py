@@ -112,14 +112,21 @@ class Estimate:
     lo: float
     hi: float
     paired: bool  # the interval comes from resampling shared points (else: independent binomials)
+    nonfinite: int = 0  # bootstrap samples where the statistic was undefined or infinite (kept, see _percentiles)
+    n_samples: int = 0
 
 
-def _percentiles(samples: np.ndarray, confidence: float) -> tuple[float, float]:
-    samples = samples[np.isfinite(samples)]
+def _percentiles(samples: np.ndarray, confidence: float) -> tuple[float, float, int]:
+    """Percentile interval of the bootstrap samples, and how many were not finite. None is dropped: an infinite
+    sample (x / 0) stays at its end, an undefined one (0 / 0) counts as beyond whichever end is being read, so
+    the interval can only widen; with too many of them it reaches infinity and no threshold is decided."""
+    samples = np.asarray(samples, dtype=float).reshape(-1)
     if not len(samples):
-        return math.nan, math.nan
-    lo, hi = np.percentile(samples, [50 * (1 - confidence), 50 * (1 + confidence)])
-    return float(lo), float(hi)
+        return math.nan, math.nan, 0
+    undefined = np.isnan(samples)
+    lo = np.percentile(np.where(undefined, -np.inf, samples), 50 * (1 - confidence), method="inverted_cdf")
+    hi = np.percentile(np.where(undefined, np.inf, samples), 50 * (1 + confidence), method="inverted_cdf")
+    return float(lo), float(hi), int((~np.isfinite(samples)).sum())
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED,
@@ -130,7 +137,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOTSTRAP, se
         raise ValueError(f"paired results need the same points: {a.shape} vs {b.shape}")
     idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
     diffs = (a - b)[idx].mean(axis=1)
-    return Estimate(float(a.mean() - b.mean()), *_percentiles(diffs, confidence), True)
+    return Estimate(float(a.mean() - b.mean()), *_percentiles(diffs, confidence)[:2], True, n_samples=n_boot)
 
 
 @dataclass
@@ -177,4 +184,5 @@ def bootstrap(models: Mapping[str, Model], statistic: Callable[[dict[str, np.nda
         samples = np.asarray(statistic(acc), dtype=float)
         observed = statistic({k: np.asarray(models[k].acc, dtype=float)[None, :] for k in names})
         value = float(np.asarray(observed, dtype=float).reshape(-1)[0])
-    return Estimate(value, *_percentiles(samples, confidence), paired)
+    lo, hi, nonfinite = _percentiles(samples, confidence)
+    return Estimate(value, lo, hi, paired, nonfinite, n_boot)

@@ -2,7 +2,9 @@
 
 Models are built from per-point results over N shared test points: `k` points right, starting at `shift`
 (cyclically), so nested models (same shift, fewer points) differ in one direction only, and equally accurate
-models with different shifts differ both ways by the same amount.
+models with different shifts differ both ways by the same amount. Every model is added for two seeds (training
+runs) with the same results, the least a verdict needs, unless a test says otherwise; every model is fine-tuned
+the same way (FINETUNE) unless a test changes that.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import pandas as pd
 import pytest
 
 from advprune.report import findings
-from advprune.report.findings import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTED, REPRODUCED, findings_table
+from advprune.report.findings import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTED, ONE_RUN, REPRODUCED, UNEQUAL, findings_table
 from advprune.report.tables import INPUT_COLUMNS, read_table
 
 N = 400
 SCOPE = dict(dataset="digits", arch="small_cnn")
+SEEDS = (0, 1)
+FINETUNE = dict(ft_objective="pgd_at", ft_epochs=5, ft_lr=0.01, ft_schedule="cosine", ft_steps=50)
 
 
 def _bits(k: int, shift: int = 0) -> str:
@@ -29,22 +33,25 @@ class Run:
         self.rows = {"summary": [], "study_finetune": [], "study_objectives": []}
         self.points, self.layers, self.prune_curves, self.curves = [], [], [], []
 
-    def add(self, method, sparsity, aa, clean=None, impl=None, seed=0, shift=0, table="summary", structured=False,
-            measured=None, verified=None, **labels):
+    def add(self, method, sparsity, aa, clean=None, impl=None, seeds=SEEDS, shift=0, table="summary", structured=False,
+            measured=None, verified=None, model=None, **labels):
+        """`model`: record columns of what made it (taxonomy, convergence, budget: FINETUNE by default)."""
         clean = N if clean is None else clean
-        row = dict(**SCOPE, seed=seed, method=method, impl=impl or method, sparsity_target=sparsity,
-                   sparsity_measured=sparsity if measured is None else measured, params_total=1000, params_nonzero=100,
-                   flops_dense=1000, flops_effective=100, structured=structured, clean_acc=clean / N, pgd_acc=aa / N,
-                   autoattack_acc=aa / N, n_examples=N, norm="Linf", eps=0.1, points_sha256="p", **labels)
-        if verified is not None:
-            row["verified_acc"] = verified / N
-        self.rows[table].append(row)
-        results = {"clean": _bits(clean, shift), "pgd": _bits(aa, shift), "autoattack": _bits(aa, shift)}
-        if verified is not None:
-            results["verified"] = _bits(verified, shift)
-        for metric, bits in results.items():
-            self.points.append({"table": table, **{k: row[k] for k in ("dataset", "arch", "seed", "method", "impl", "sparsity_target")},
-                                **labels, "points_sha256": "p", "metric": metric, "correct": bits})
+        for seed in seeds:
+            row = dict(**SCOPE, seed=seed, method=method, impl=impl or method, sparsity_target=sparsity,
+                       sparsity_measured=sparsity if measured is None else measured, params_total=1000, params_nonzero=100,
+                       flops_dense=1000, flops_effective=100, structured=structured, clean_acc=clean / N, pgd_acc=aa / N,
+                       autoattack_acc=aa / N, n_examples=N, norm="Linf", eps=0.1, points_sha256="p", **labels)
+            row |= ({} if method == "dense" else {"converged": True, **FINETUNE}) | (model or {})
+            if verified is not None:
+                row["verified_acc"] = verified / N
+            self.rows[table].append(row)
+            results = {"clean": _bits(clean, shift), "pgd": _bits(aa, shift), "autoattack": _bits(aa, shift)}
+            if verified is not None:
+                results["verified"] = _bits(verified, shift)
+            for metric, bits in results.items():
+                self.points.append({"table": table, **{k: row[k] for k in ("dataset", "arch", "seed", "method", "impl", "sparsity_target")},
+                                    **labels, "points_sha256": "p", "metric": metric, "correct": bits})
         return self
 
     def layer_rates(self, method, sparsity, per_layer, seed=0):
@@ -53,11 +60,14 @@ class Run:
                                     layer_index=i, n_params=100, sparsity=s))
         return self
 
-    def seconds(self, pwoa, finetune):
-        self.prune_curves += [dict(**SCOPE, seed=0, method="pwoa", impl="pwoa", sparsity_target=0.5, phase="admm", epoch=i + 1,
-                                   seconds=s) for i, s in enumerate(pwoa)]
-        self.curves += [dict(**SCOPE, seed=0, stage="finetune", method="lwm", sparsity_target=0.5, epoch=i + 1, lr=0.1, train_loss=1,
-                             train_acc=0.5, val_clean_acc=0.5, val_robust_acc=0.3, seconds=s) for i, s in enumerate(finetune)]
+    def seconds(self, pwoa, finetune, steps=(10, 10)):
+        """Per-epoch update seconds of PwoA's job and of the lwm model's fine-tuning (add that model too), at 50 %."""
+        for seed in SEEDS:
+            self.prune_curves += [dict(**SCOPE, seed=seed, method="pwoa", impl="pwoa", sparsity_target=0.5, phase="admm", epoch=i + 1,
+                                       seconds=s + 0.5, train_seconds=s, steps=steps[0]) for i, s in enumerate(pwoa)]
+            self.curves += [dict(**SCOPE, seed=seed, stage="finetune", method="lwm", sparsity_target=0.5, epoch=i + 1, lr=0.1, train_loss=1,
+                                 train_acc=0.5, val_clean_acc=0.5, val_robust_acc=0.3, seconds=s + 0.5, train_seconds=s, steps=steps[1])
+                            for i, s in enumerate(finetune)]
         return self
 
     def findings(self, tmp_path) -> pd.DataFrame:
@@ -107,13 +117,14 @@ def findings_table_of(run: Run, tmp_path) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("rates,expected", [
-    ({0: [0.9, 0.99, 0.995]}, REPRODUCED),  # densities 10 %, 1 %, 0.5 %
-    ({0: [0.99, 0.99, 0.99]}, NOT_REPRODUCED),
+    ({0: [0.9, 0.99, 0.995], 1: [0.9, 0.99, 0.995]}, REPRODUCED),  # densities 10 %, 1 %, 0.5 %
+    ({0: [0.9, 0.99, 0.995]}, ONE_RUN),
+    ({0: [0.99, 0.99, 0.99], 1: [0.99, 0.99, 0.99]}, NOT_REPRODUCED),
     ({0: [0.9, 0.99, 0.99], 1: [0.99, 0.99, 0.985]}, INCONCLUSIVE),  # seed 1: 1.5 % vs 1 %, under 2x
     ({}, NOT_TESTED),
 ])
 def test_harp_layer_rates(tmp_path, rates, expected):
-    run = Run().add("harp", 0.99, 200)
+    run = Run().add("harp", 0.99, 200, seeds=sorted(rates) or SEEDS)
     for seed, per_layer in rates.items():
         run.layer_rates("harp", 0.99, per_layer, seed=seed)
         run.layer_rates("harp", 0.5, [0.5, 0.5, 0.5], seed=seed)  # uniform at 50 %: only the highest sparsity counts
@@ -182,11 +193,24 @@ def test_pwoa_keeps_most_robustness(tmp_path, pwoa, sparsity, expected):
     (None, [1.0, 1.1], NOT_TESTED),
 ])
 def test_pwoa_spends_less_time_than_adversarial_finetuning(tmp_path, pwoa, finetune, expected):
-    run = Run().add("pwoa", 0.5, 200)
+    run = Run().add("pwoa", 0.5, 200).add("lwm", 0.5, 200)
     if pwoa is None:
         run.curves = Run().seconds([], finetune).curves
     else:
         run.seconds(pwoa, finetune)
+    assert _verdicts(run.findings(tmp_path), findings.PWOA, "time") == [expected]
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({}, REPRODUCED),
+    ({"lwm": dict(ft_objective="trades")}, NOT_TESTED),  # no PGD-AT fine-tuning to compare with
+    ({"lwm": dict(structured=True)}, NOT_TESTED),  # not the same kind of model
+    ({"steps": (10, 20)}, f"{UNEQUAL} optimizer steps per epoch (pwoa [10], fine-tuning [20])"),
+])
+def test_pwoa_time_is_measured_against_pgd_at_finetuning_of_an_unstructured_model(tmp_path, change, expected):
+    lwm = change.get("lwm", {})
+    run = Run().add("pwoa", 0.5, 200).add("lwm", 0.5, 200, structured=lwm.get("structured", False), model={k: v for k, v in lwm.items() if k != "structured"})
+    run.seconds([1.0, 1.1, 0.9], [3.0, 3.1, 2.9], steps=change.get("steps", (10, 10)))
     assert _verdicts(run.findings(tmp_path), findings.PWOA, "time") == [expected]
 
 
@@ -248,3 +272,59 @@ def test_models_on_different_points_are_not_paired(tmp_path):
             row["points_sha256"] = "other"  # e.g. another split or n_examples
     first = run.findings(tmp_path).iloc[0]
     assert not bool(first["paired"]) and pd.isna(first["mcnemar_p"]) and "unpaired bootstrap" in first["numbers"]
+
+
+# --- controls: equal budgets, training runs, convergence -------------------------------------------------------
+
+def test_arms_fine_tuned_differently_are_not_compared(tmp_path):
+    run = Run().add("harp", 0.99, 300, model=dict(ft_objective="trades")).add("hydra", 0.99, 250).add("lwm", 0.99, 100)
+    verdicts = _verdicts(run.findings(tmp_path), findings.HARP, ">=")
+    assert verdicts[0] == f"{UNEQUAL} fine-tuning objective (harp trades, hydra pgd_at)"
+    assert verdicts[1] == REPRODUCED  # hydra vs lwm: equal
+
+
+def test_learned_masks_need_the_same_pruning_objective(tmp_path):
+    run = Run().add("harp", 0.99, 300, model=dict(prune_objective="pgd_at")).add("hydra", 0.99, 250, model=dict(prune_objective="trades"))
+    run.add("lwm", 0.99, 100)  # one-shot: no pruning objective, so none is compared with hydra's
+    assert _verdicts(run.findings(tmp_path), findings.HARP, ">=") == [f"{UNEQUAL} prune objective (harp pgd_at, hydra trades)", REPRODUCED]
+
+
+def test_one_training_run_gives_no_verdict(tmp_path):
+    run = Run().add("harp", 0.99, 300, seeds=(0,)).add("hydra", 0.99, 250, seeds=(0,)).add("lwm", 0.99, 100, seeds=(0,))
+    table = run.findings(tmp_path)
+    rows = table[table["claim"].str.contains(">=")]
+    assert rows["verdict"].tolist() == [ONE_RUN, ONE_RUN] and rows["seeds"].tolist() == [1, 1]
+    assert "reproduced on the test points of 1 training run" in rows["numbers"].iloc[0]
+    # an interval that decides nothing stays inconclusive
+    assert _verdicts(_harp_order(250, 250, harp_shift=15).findings(tmp_path), findings.HARP, "HARP >=") == [INCONCLUSIVE]
+
+
+def test_a_method_that_did_not_run_its_course_is_named(tmp_path):
+    run = Run().add("harp", 0.99, 300, model=dict(converged=False, convergence="budget not reached (density 1.52 % vs 1 %)"))
+    run.add("hydra", 0.99, 250, model=dict(converged=None)).add("lwm", 0.99, 100)
+    row = run.findings(tmp_path).iloc[0]
+    assert row["verdict"] == REPRODUCED
+    assert "harp (seed 0) did not converge: budget not reached (density 1.52 % vs 1 %)" in row["caveat"]
+    assert "hydra (seed 1): convergence not reported" in row["caveat"]
+
+
+def test_criteria_are_compared_at_one_granularity_and_allocation(tmp_path):
+    run = Run()
+    for criterion, structure, ranking in (("lwm", "US", "weight_l1"), ("l1_filter", "S", "weight_l1"), ("random_filter", "S", "random")):
+        for mode, aa in (("none", 50), ("adversarial", 300)):
+            run.add(criterion, 0.9, aa, table="study_finetune", finetune_mode=mode, model=dict(structure=structure, allocation="uniform", ranking=ranking))
+    table = run.findings(tmp_path)
+    assert _verdicts(table, findings.BPC, "fine-tuning") == [f"{UNEQUAL} structure (l1_filter S, lwm US)"]
+    assert "random_filter" not in table[table["paper"] == findings.BPC]["numbers"].iloc[0]  # random by its ranking, whatever its key
+
+
+def test_undefined_bootstrap_samples_are_counted_not_dropped():
+    from advprune.stats import Model, bootstrap, from_bits
+
+    # a dense accuracy of 1 point in 40: many resamples have none, and pruned / dense is then undefined or infinite
+    models = {"pruned": Model([1 / 40], [40], [from_bits("1" + "0" * 39)]), "dense": Model([1 / 40], [40], [from_bits("0" * 39 + "1")])}
+    est = bootstrap(models, lambda acc: (acc["pruned"] / acc["dense"]).mean(axis=1))
+    assert est.nonfinite > 0.3 * est.n_samples
+    # 0 / 0 in ~13 % of the resamples, x / 0 in ~24 %: both ends at infinity, so no threshold is decided
+    assert est.lo == -float("inf") and est.hi == float("inf")
+    assert findings.at_least(est, 0.8) == INCONCLUSIVE

@@ -5,7 +5,14 @@ each), with the numbers used and a verdict:
 - reproduced / not reproduced: the 95 % interval of the claim's statistic lies wholly on one side of its
   threshold;
 - inconclusive: the interval contains the threshold (the difference is within the uncertainty);
-- not tested by this config: the run lacks the methods, sparsities, studies or columns the claim needs.
+- not tested by this config: the run lacks the methods, sparsities, studies or columns the claim needs;
+- not tested: unequal <what>: the claim's arms differ in something besides the method (fine-tuning objective,
+  epochs, steps, lr, schedule, ..., from the records' budgets; the pruning objective of two learned-score methods;
+  the granularity or allocation of the criteria a criterion claim compares): the comparison is not controlled;
+- one training run: the interval says reproduced or not, but it covers the test points of one seed only; a
+  verdict needs at least two seeds (training runs), whose spread the bootstrap then resamples too.
+A verdict built on a model whose method did not run its course (the record's convergence report) keeps its
+verdict and says so in `caveat`.
 
 Intervals come from `advprune.stats.bootstrap`: paired over the test points when the models' records carry
 per-point results on the same points (the usual case: every model of a run is evaluated on the same points),
@@ -38,10 +45,15 @@ SPARSITY_TOLERANCE = 0.02  # "equal sparsity" (MRPF vs uniform): measured sparsi
 ROBUST = "autoattack_acc"  # robust accuracy = standard AutoAttack
 NATURAL = "natural"
 
+MIN_SEEDS = 2  # training runs behind a verdict
+
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTED = "reproduced", "not reproduced", "inconclusive", "not tested by this config"
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTED)
-COLUMNS = ["paper", "claim", "dataset", "arch", "verdict", "numbers", "criterion", "statistic", "value", "lo", "hi", "paired",
-           "mcnemar_p"]
+ONE_RUN, UNEQUAL = "one training run", "not tested: unequal"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, ONE_RUN, NOT_TESTED)  # and UNEQUAL + " <what>"
+COLUMNS = ["paper", "claim", "dataset", "arch", "verdict", "seeds", "caveat", "numbers", "criterion", "statistic", "value", "lo", "hi",
+           "paired", "mcnemar_p"]
+# Measured, not set: the arms of a comparison may differ in them.
+UNCONTROLLED = ("ft_train_seconds",)
 
 HARP, BPC, MRPF, PWOA, SEHWAG = ("HARP (Zhao & Wressnegger 2023)", "Beyond Pruning Criteria", "MRPF (Bai et al. 2024)",
                                  "PwoA (Jian et al. 2022)", "Sehwag et al. 2019")
@@ -79,11 +91,58 @@ def _est_text(est: Estimate, signed: bool = False) -> str:
     return f"{value} [{_pct(est.lo)}, {_pct(est.hi)}]{unit} ({'paired' if est.paired else 'unpaired'} bootstrap)"
 
 
-def _row(paper, claim, scope, verdict, numbers, criterion, statistic="", est: Estimate | None = None, p=math.nan) -> dict:
+def _row(paper, claim, scope, verdict, numbers, criterion, statistic="", est: Estimate | None = None, p=math.nan, seeds: int = 0,
+         caveat: str = "") -> dict:
+    """One findings row; a reproduced / not reproduced verdict from fewer than MIN_SEEDS training runs becomes ONE_RUN."""
     dataset, arch = scope
-    return {"paper": paper, "claim": claim, "dataset": dataset, "arch": arch, "verdict": verdict, "numbers": numbers,
-            "criterion": criterion, "statistic": statistic, "value": est.value if est else math.nan, "lo": est.lo if est else math.nan,
-            "hi": est.hi if est else math.nan, "paired": est.paired if est else math.nan, "mcnemar_p": p}
+    if verdict in (REPRODUCED, NOT_REPRODUCED) and seeds < MIN_SEEDS:
+        numbers, verdict = f"{numbers}; {verdict} on the test points of {seeds} training run (needs {MIN_SEEDS})", ONE_RUN
+    if est is not None and est.nonfinite:
+        numbers += f"; {est.nonfinite} of {est.n_samples} bootstrap samples undefined (a ratio over 0), counted as beyond either end"
+    return {"paper": paper, "claim": claim, "dataset": dataset, "arch": arch, "verdict": verdict, "seeds": seeds, "caveat": caveat,
+            "numbers": numbers, "criterion": criterion, "statistic": statistic, "value": est.value if est else math.nan,
+            "lo": est.lo if est else math.nan, "hi": est.hi if est else math.nan, "paired": est.paired if est else math.nan, "mcnemar_p": p}
+
+
+def _same(value):
+    """A setting as compared across arms: numbers as floats (5 == 5.0), empty cells as None."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def unequal(arms: dict[str, pd.DataFrame], columns=None) -> str | None:
+    """None when every row of every arm agrees on each control column (the fine-tuning settings and spending
+    `ft_*` of the records, or `columns`), else what differs: "fine-tuning epochs (hydra 5, harp 10)"."""
+    frames = {name: rows for name, rows in arms.items() if not rows.empty}
+    if columns is None:
+        columns = sorted({c for rows in frames.values() for c in rows.columns if c.startswith("ft_") and c not in UNCONTROLLED})
+    differences = []
+    for column in columns:
+        values = {name: sorted({_same(v) for v in rows[column]} if column in rows else {None}, key=str) for name, rows in frames.items()}
+        if len({v for vs in values.values() for v in vs}) > 1:
+            label = f"fine-tuning {column.removeprefix('ft_')}" if column.startswith("ft_") else column.replace("_", " ")
+            shown = ", ".join(f"{name} {'/'.join('none' if v is None else f'{v:g}' if isinstance(v, float) else v for v in vs)}"
+                              for name, vs in values.items())
+            differences.append(f"{label} ({shown})")
+    return "; ".join(differences) or None
+
+
+def convergence_caveat(arms: dict[str, pd.DataFrame]) -> str:
+    """Which arms' methods did not run their course (or did not say), from the records' convergence reports."""
+    notes = []
+    for name, rows in arms.items():
+        if "converged" not in rows or name == DENSE:
+            continue
+        for _, r in rows.sort_values("seed").iterrows():
+            if r["converged"] is False:
+                notes.append(f"{name} (seed {int(r['seed'])}) did not converge: {r.get('convergence', '')}")
+            elif not isinstance(r["converged"], bool):
+                notes.append(f"{name} (seed {int(r['seed'])}): convergence not reported")
+    return "; ".join(notes)
 
 
 def pick(rows: pd.DataFrame, impl: str, structured: bool | None = None) -> str | None:
@@ -101,6 +160,16 @@ def _common_seeds(*frames: pd.DataFrame) -> list:
     for f in frames[1:]:
         seeds &= set(f["seed"])
     return sorted(seeds)
+
+
+def controlled_verdict(verdict: str, arms: dict[str, pd.DataFrame]) -> str:
+    """`verdict`, unless the arms differ in their fine-tuning, or, where every arm learned its masks with a
+    training objective (HARP, HYDRA), in that objective: then "not tested: unequal <what>"."""
+    columns = None
+    if all("prune_objective" in rows and rows["prune_objective"].notna().all() for rows in arms.values()):
+        columns = sorted({c for rows in arms.values() for c in rows.columns if c.startswith("ft_") and c not in UNCONTROLLED}) + ["prune_objective"]
+    differs = unequal(arms, columns)
+    return f"{UNEQUAL} {differs}" if differs else verdict
 
 
 def compare(index: PointIndex, table: str, a: pd.DataFrame, b: pd.DataFrame, metric: str = ROBUST) -> tuple[Estimate, float, str]:
@@ -150,10 +219,12 @@ def harp_claims(summary: pd.DataFrame, layers: pd.DataFrame, index: PointIndex) 
                 continue
             target = targets[-1]
             ra, rb = _at(df, keys[a], target), _at(df, keys[b], target)
+            arms = {keys[a]: ra, keys[b]: rb}
             est, p, test = compare(index, "summary", ra, rb)
             numbers = (f"AA at {_pct(target)}% sparsity: {keys[a]} {_acc_text(ra)}, {keys[b]} {_acc_text(rb)}; "
                        f"difference {_est_text(est, signed=True)}{test}")
-            rows.append(_row(HARP, claim, scope, at_least(est, 0.0), numbers, criterion, f"AA({keys[a]}) - AA({keys[b]})", est, p))
+            rows.append(_row(HARP, claim, scope, controlled_verdict(at_least(est, 0.0), arms), numbers, criterion, f"AA({keys[a]}) - AA({keys[b]})",
+                             est, p, seeds=len(_common_seeds(ra, rb)), caveat=convergence_caveat(arms)))
 
         claim = "HARP's learned per-layer rates are non-uniform"
         criterion_rates = (f"per seed, max / min per-layer density at HARP's highest sparsity >= {NONUNIFORM_DENSITY_RATIO:g}x: "
@@ -165,6 +236,7 @@ def harp_claims(summary: pd.DataFrame, layers: pd.DataFrame, index: PointIndex) 
             continue
         target = harp["sparsity_target"].max()
         ratios = []
+        harp_rows = _at(df, key, target)
         for _, seed_rows in harp[np.isclose(harp["sparsity_target"], target)].groupby("seed"):
             density = 1 - seed_rows["sparsity"].astype(float)
             ratios.append(math.inf if density.min() <= 0 else float(density.max() / density.min()))
@@ -173,7 +245,8 @@ def harp_claims(summary: pd.DataFrame, layers: pd.DataFrame, index: PointIndex) 
         density = 1 - harp.loc[np.isclose(harp["sparsity_target"], target), "sparsity"].astype(float)
         numbers = (f"{key} at {_pct(target)}%: per-layer density {_pct(density.min())}-{_pct(density.max())}% "
                    f"(max/min {', '.join('inf' if math.isinf(r) else f'{r:.1f}x' for r in ratios)} per seed; uniform: 1x)")
-        rows.append(_row(HARP, claim, scope, verdict, numbers, criterion_rates, "max/min layer density"))
+        rows.append(_row(HARP, claim, scope, verdict, numbers, criterion_rates, "max/min layer density", seeds=len(ratios),
+                         caveat=convergence_caveat({key: harp_rows})))
     return rows
 
 
@@ -184,7 +257,9 @@ def criteria_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
     criterion = (f"statistic: mean over criteria of the AA range across fine-tuning modes minus mean over modes of the AA range "
                  f"across criteria; reproduced if its {CONFIDENCE:.0%} interval is > 0, not reproduced if < 0")
     rows = []
-    pruned = study[(study["method"] != DENSE) & (study["impl"] != "random")] if not study.empty else study
+    # random is no criterion: left out by its ranking (by implementation where records predate the taxonomy)
+    is_random = study["ranking"].eq("random") | (study["ranking"].isna() & study["impl"].eq("random")) if "ranking" in study else study["impl"].eq("random")
+    pruned = study[(study["method"] != DENSE) & ~is_random] if not study.empty else study
     for scope in _scopes(study):
         df = pruned[(pruned["dataset"] == scope[0]) & (pruned["arch"] == scope[1])]
         if df.empty:
@@ -198,6 +273,9 @@ def criteria_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
                 rows.append(_row(BPC, claim, scope, NOT_TESTED, f"needs >= 2 criteria x >= 2 fine-tuning modes, all run; "
                                  f"have criteria {criteria}, modes {modes}", criterion))
                 continue
+            # criteria compared at one granularity and one allocation, and, within a mode, with the same fine-tuning
+            differs = unequal({c: at_target[at_target["method"] == c] for c in criteria}, [k for k in ("structure", "allocation", "locality") if k in at_target])
+            differs = differs or next(filter(None, (unequal({c: cells[(c, m)] for c in criteria}) for m in modes)), None)
             models = index.models({f"{c}|{m}": ("study_finetune", cell[cell["seed"].isin(seeds)]) for (c, m), cell in cells.items()}, ROBUST)
 
             def statistic(acc, criteria=criteria, modes=modes):
@@ -212,8 +290,9 @@ def criteria_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
             numbers = (f"at {_pct(target)}% sparsity, AA range across modes (mean over {', '.join(criteria)}) "
                        f"{_pct((grid.max(1) - grid.min(1)).mean())} points, across criteria (mean over {', '.join(modes)}) "
                        f"{_pct((grid.max(0) - grid.min(0)).mean())} points; difference {_est_text(est, signed=True)}")
-            rows.append(_row(BPC, claim, scope, greater(est, 0.0), numbers, criterion,
-                             "fine-tuning effect - criterion effect", est))
+            rows.append(_row(BPC, claim, scope, f"{UNEQUAL} {differs}" if differs else greater(est, 0.0), numbers, criterion,
+                             "fine-tuning effect - criterion effect", est, seeds=len(seeds),
+                             caveat=convergence_caveat({c: at_target[at_target["method"] == c] for c in criteria})))
     return rows
 
 
@@ -238,10 +317,14 @@ def mrpf_claims(summary: pd.DataFrame, index: PointIndex) -> list[dict]:
             if abs(sa - sb) > SPARSITY_TOLERANCE:
                 rows.append(_row(MRPF, claim, scope, NOT_TESTED, f"at {_pct(target)}% target: unequal sparsity ({sparsities})", criterion))
                 continue
+            arms = {mrpf: ra, uniform: rb}
             est, p, test = compare(index, "summary", ra, rb)
             numbers = (f"at {_pct(target)}% target ({sparsities}): AA {mrpf} {_acc_text(ra)}, {uniform} {_acc_text(rb)}; "
                        f"difference {_est_text(est, signed=True)}{test}")
-            rows.append(_row(MRPF, claim, scope, at_least(est, 0.0), numbers, criterion, f"AA({mrpf}) - AA({uniform})", est, p))
+            # the allocation is the method; the ranking within layers must be the same
+            differs = unequal(arms) or unequal(arms, [k for k in ("ranking", "structure") if k in df])
+            rows.append(_row(MRPF, claim, scope, f"{UNEQUAL} {differs}" if differs else at_least(est, 0.0), numbers, criterion,
+                             f"AA({mrpf}) - AA({uniform})", est, p, seeds=len(_common_seeds(ra, rb)), caveat=convergence_caveat(arms)))
     return rows
 
 
@@ -253,9 +336,6 @@ def pwoa_claims(summary: pd.DataFrame, prune_curves: pd.DataFrame, curves: pd.Da
     claim = "pruning without adversarial examples keeps most of the dense model's robust (AA) accuracy at moderate sparsity"
     criterion = (f"at the highest target in [{_pct(lo_s)}, {_pct(hi_s)}]%: reproduced if the {CONFIDENCE:.0%} interval of "
                  f"AA(pwoa) / AA(dense) is >= {RETAINED_MOST:.0%}, not reproduced if < {RETAINED_MOST:.0%}")
-    claim_time = "PwoA's pruning job spends less time per epoch than adversarial fine-tuning"
-    criterion_time = (f"seconds per epoch (training curves; validation included in both): reproduced if the {CONFIDENCE:.0%} "
-                      "t-interval of PwoA's mean lies below that of fine-tuning's, not reproduced if above")
     for scope in _scopes(summary):
         df = summary[(summary["dataset"] == scope[0]) & (summary["arch"] == scope[1])]
         key = pick(df, "pwoa")
@@ -272,27 +352,57 @@ def pwoa_claims(summary: pd.DataFrame, prune_curves: pd.DataFrame, curves: pd.Da
             else:
                 numbers = (f"at {_pct(targets[-1])}%: AA {key} {_acc_text(pruned)}, dense {_acc_text(dense)}; "
                            f"retained {_est_text(est)}")
-                rows.append(_row(PWOA, claim, scope, at_least(est, RETAINED_MOST), numbers, criterion, "AA(pwoa) / AA(dense)", est))
+                rows.append(_row(PWOA, claim, scope, at_least(est, RETAINED_MOST), numbers, criterion, "AA(pwoa) / AA(dense)", est,
+                                 seeds=len(_common_seeds(pruned, dense)), caveat=convergence_caveat({key: pruned})))
 
-        mine = prune_curves[(prune_curves["dataset"] == scope[0]) & (prune_curves["arch"] == scope[1]) & (prune_curves["impl"] == "pwoa")]
-        tuned = curves[(curves["dataset"] == scope[0]) & (curves["arch"] == scope[1]) & (curves["stage"] == "finetune")]
-        if key:
-            tuned = tuned[tuned["method"] != key]
-        if mine.empty or tuned.empty or "seconds" not in mine or "seconds" not in tuned or mine["seconds"].isna().all():
-            why = "no PwoA prune curves" if mine.empty or "seconds" not in mine else "no fine-tuning epochs"
-            rows.append(_row(PWOA, claim_time, scope, NOT_TESTED, why, criterion_time))
-            continue
-        m = t_interval(mine["seconds"].dropna().astype(float))
-        f = t_interval(tuned["seconds"].dropna().astype(float))
-        if any(map(math.isnan, (*m, *f))):
-            verdict = INCONCLUSIVE  # a single epoch on one side: no interval
-        else:
-            verdict = REPRODUCED if m[2] < f[1] else NOT_REPRODUCED if m[1] > f[2] else INCONCLUSIVE
-        numbers = (f"s/epoch: pwoa {m[0]:.3g} [{m[1]:.3g}, {m[2]:.3g}] over {mine['seconds'].notna().sum()} epochs, fine-tuning "
-                   f"{f[0]:.3g} [{f[1]:.3g}, {f[2]:.3g}] over {tuned['seconds'].notna().sum()} epochs (ratio {m[0] / f[0]:.2f})")
-        rows.append(_row(PWOA, claim_time, scope, verdict, numbers, criterion_time, "s/epoch pwoa / fine-tuning",
-                         Estimate(m[0] / f[0], math.nan, math.nan, False)))
+        rows.append(pwoa_time_claim(scope, df, key, targets, prune_curves, curves))
     return rows
+
+
+PWOA_TIME_CLAIM = "PwoA spends less training time per epoch than PGD-AT fine-tuning of the same unstructured model"
+PWOA_TIME_RULE = (f"seconds of updates per epoch (validation excluded), PwoA's ADMM and retraining epochs against the PGD-AT fine-tuning epochs "
+                  f"of the unstructured, non-PwoA models at PwoA's target sparsity, with as many optimizer steps per epoch: reproduced if the "
+                  f"{CONFIDENCE:.0%} t-interval of PwoA's mean lies below that of fine-tuning's, not reproduced if above")
+
+
+def _update_seconds(curves: pd.DataFrame) -> pd.Series:
+    """Seconds of each epoch's updates; curves written before `train_seconds` existed include the validation."""
+    seconds = curves["train_seconds"] if "train_seconds" in curves else pd.Series(math.nan, index=curves.index)
+    return seconds.fillna(curves["seconds"]).dropna().astype(float) if "seconds" in curves else seconds.dropna().astype(float)
+
+
+def pwoa_time_claim(scope, summary: pd.DataFrame, key: str | None, targets: list, prune_curves: pd.DataFrame, curves: pd.DataFrame) -> dict:
+    """PwoA's time claim, measured as the paper states it: its epochs (no adversarial examples) against PGD-AT
+    fine-tuning of the same kind of model (unstructured, same sparsity, same data and batch size)."""
+    if not key or not targets:
+        return _row(PWOA, PWOA_TIME_CLAIM, scope, NOT_TESTED, "no pwoa model at a moderate sparsity", PWOA_TIME_RULE)
+    target = targets[-1]
+
+    def at(frame):
+        return frame[(frame["dataset"] == scope[0]) & (frame["arch"] == scope[1]) & np.isclose(frame["sparsity_target"].astype(float), target)]
+
+    mine = at(prune_curves)
+    mine = mine[mine["method"] == key]
+    adversarial = at(summary)
+    adversarial = adversarial[(adversarial.get("ft_objective") == "pgd_at") & (adversarial["impl"] != "pwoa")
+                              & adversarial["structured"].map(lambda v: v is False)] if "ft_objective" in summary else adversarial.iloc[:0]
+    tuned = at(curves[curves["stage"] == "finetune"]).merge(adversarial[["seed", "method"]], on=["seed", "method"])
+    if mine.empty or tuned.empty:
+        why = "no PwoA prune curves" if mine.empty else f"no PGD-AT fine-tuning of an unstructured model at {_pct(target)}%"
+        return _row(PWOA, PWOA_TIME_CLAIM, scope, NOT_TESTED, why, PWOA_TIME_RULE)
+    steps = {name: sorted(set(frame["steps"].dropna().astype(int))) if "steps" in frame else [] for name, frame in (("pwoa", mine), ("fine-tuning", tuned))}
+    if steps["pwoa"] != steps["fine-tuning"]:
+        return _row(PWOA, PWOA_TIME_CLAIM, scope, f"{UNEQUAL} optimizer steps per epoch (pwoa {steps['pwoa']}, fine-tuning {steps['fine-tuning']})",
+                    "", PWOA_TIME_RULE)
+    m, f = t_interval(_update_seconds(mine)), t_interval(_update_seconds(tuned))
+    if any(map(math.isnan, (*m, *f))):
+        verdict = INCONCLUSIVE  # a single epoch on one side: no interval
+    else:
+        verdict = REPRODUCED if m[2] < f[1] else NOT_REPRODUCED if m[1] > f[2] else INCONCLUSIVE
+    numbers = (f"at {_pct(target)}%: s/epoch {key} {m[0]:.3g} [{m[1]:.3g}, {m[2]:.3g}] over {len(mine)} epochs, PGD-AT fine-tuning of "
+               f"{', '.join(sorted(set(tuned['method'])))} {f[0]:.3g} [{f[1]:.3g}, {f[2]:.3g}] over {len(tuned)} epochs (ratio {m[0] / f[0]:.2f})")
+    return _row(PWOA, PWOA_TIME_CLAIM, scope, verdict, numbers, PWOA_TIME_RULE, "s/epoch pwoa / PGD-AT fine-tuning",
+                Estimate(m[0] / f[0], math.nan, math.nan, False), seeds=len(_common_seeds(mine, tuned)))
 
 
 # --- Sehwag et al. 2019 ---------------------------------------------------------------------------------------
@@ -318,6 +428,11 @@ def sehwag_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
             pruned = at10[(at10["pretrain_objective"] == p) & (at10["finetune_objective"] == f)]
             return pruned, retained_estimate(pruned, dense[dense["pretrain_objective"] == p], metric, index)
 
+        def runs(p, f):
+            """Training runs behind a pair's retained fractions, and its convergence caveat."""
+            pruned = at10[(at10["pretrain_objective"] == p) & (at10["finetune_objective"] == f)]
+            return {"seeds": len(_common_seeds(pruned, dense[dense["pretrain_objective"] == p])), "caveat": convergence_caveat({f"{p} -> {f}": pruned})}
+
         if not matched:
             rows.append(_row(SEHWAG, claims["matched"], scope, NOT_TESTED,
                              "no robust pretraining -> same fine-tuning pair at 90% in study_objectives", keep))
@@ -329,7 +444,7 @@ def sehwag_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
             verdicts = [at_least(e, RETAINED_MOST) for e in ests.values()]
             verdict = NOT_REPRODUCED if NOT_REPRODUCED in verdicts else REPRODUCED if all(v == REPRODUCED for v in verdicts) else INCONCLUSIVE
             numbers = f"{p} -> {f}: clean retained {_est_text(ests['clean_acc'])}, AA retained {_est_text(ests[ROBUST])}"
-            rows.append(_row(SEHWAG, claims["matched"], scope, verdict, numbers, keep, "AA retained", ests[ROBUST]))
+            rows.append(_row(SEHWAG, claims["matched"], scope, verdict, numbers, keep, "AA retained", ests[ROBUST], **runs(p, f)))
         if not natural:
             rows.append(_row(SEHWAG, claims["natural"], scope, NOT_TESTED, "no robust pretraining -> natural fine-tuning pair at 90%", lose))
         for p, f in natural:
@@ -338,7 +453,7 @@ def sehwag_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
                 rows.append(_row(SEHWAG, claims["natural"], scope, NOT_TESTED, f"{p} -> {f}: no dense {p} model with nonzero AA", lose))
                 continue
             rows.append(_row(SEHWAG, claims["natural"], scope, below(est, RETAINED_MOST), f"{p} -> {f}: AA retained {_est_text(est)}", lose,
-                             "AA retained", est))
+                             "AA retained", est, **runs(p, f)))
         # Verified accuracy (`verified_acc` in the records) arrives with verification; until then: not computed.
         verified = [(p, f) for p, f in matched if "verified_acc" in at10 and retained(p, f, "verified_acc")[0]["verified_acc"].notna().any()]
         if not verified:
@@ -347,7 +462,7 @@ def sehwag_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
             est = retained(p, f, "verified_acc")[1]
             verdict = at_least(est, RETAINED_MOST) if est else NOT_TESTED
             numbers = f"{p} -> {f}: verified retained {_est_text(est)}" if est else f"{p} -> {f}: no dense {p} model with nonzero verified accuracy"
-            rows.append(_row(SEHWAG, claims["verified"], scope, verdict, numbers, keep, "verified retained", est))
+            rows.append(_row(SEHWAG, claims["verified"], scope, verdict, numbers, keep, "verified retained", est, **runs(p, f)))
     return rows
 
 
@@ -361,11 +476,12 @@ def findings_table(summary: pd.DataFrame, layers: pd.DataFrame, study_finetune: 
 
 
 def findings_display(table: pd.DataFrame, pm: str, times: str):
-    header = ["Paper", "Claim", "Dataset", "Arch", "Verdict", "Numbers (%; 95 % intervals)", "Decision rule"]
-    rows = [[r.paper, r.claim, r.dataset, r.arch, r.verdict, r.numbers, r.criterion] for r in table.itertuples(index=False)]
+    header = ["Paper", "Claim", "Dataset", "Arch", "Verdict", "Seeds", "Numbers (%; 95 % intervals)", "Decision rule"]
+    rows = [[r.paper, r.claim, r.dataset, r.arch, r.verdict + (f" ({r.caveat})" if isinstance(r.caveat, str) and r.caveat else ""), str(r.seeds),
+             r.numbers, r.criterion] for r in table.itertuples(index=False)]
     return header, rows, len(header)
 
 
-findings_display.tex_columns = r"p{2.4cm}p{4.2cm}llp{1.8cm}p{6.5cm}p{5cm}"  # long text wraps in paragraph columns
+findings_display.tex_columns = r"p{2.4cm}p{4.2cm}llp{2.2cm}lp{6.5cm}p{5cm}"  # long text wraps in paragraph columns
 
 BUILDERS: dict[str, tuple[Callable, Callable]] = {"findings": (findings_table, findings_display)}

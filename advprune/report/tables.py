@@ -52,13 +52,16 @@ INPUT_COLUMNS = {
     "study_objectives": SUMMARY_COLUMNS + ["pretrain_objective", "finetune_objective"],
     "per_point": ["table", "dataset", "arch", "seed", "method", "sparsity_target", "metric", "correct"],
 }
+# What made each model (scripts/aggregate.py MODEL_COLUMNS; the fine-tuning settings are `ft_<key>`, as many as the records have).
+MODEL_TEXT_COLUMNS = ("structure", "locality", "allocation", "ranking", "schedule", "convergence", "prune_objective")
 # Columns newer aggregates write and older tables lack; a missing one reads as empty (impl: the method key).
-_SUMMARY_OPTIONAL = ("impl", "structured", "latency_ms", "latency_dense_ms", "verified_acc", "points_sha256")
+_SUMMARY_OPTIONAL = ("impl", "structured", "latency_ms", "latency_dense_ms", "verified_acc", "points_sha256", "converged", *MODEL_TEXT_COLUMNS)
 OPTIONAL_COLUMNS = {"summary": _SUMMARY_OPTIONAL, "layer_sparsity": ("impl",),
                     "study_finetune": _SUMMARY_OPTIONAL, "study_objectives": _SUMMARY_OPTIONAL}
 # Free-form names: read back as numbers they would break sorting and labels.
 TEXT_COLUMNS = ("dataset", "arch", "method", "impl", "layer", "module", "stage", "phase", "finetune_mode",
-                "pretrain_objective", "finetune_objective", "table", "metric", "points_sha256")
+                "pretrain_objective", "finetune_objective", "table", "metric", "points_sha256", *MODEL_TEXT_COLUMNS,
+                "ft_objective", "ft_schedule", "ft_attack")
 # Read as text from the start: a string of 0s and 1s read as a number loses its leading zeros.
 _STRING_DTYPES = {"correct": str, "points_sha256": str}
 
@@ -92,8 +95,9 @@ def read_table(tables_dir: str, name: str) -> pd.DataFrame:
     if "impl" in df.columns:
         # Dense models have no implementation; a key without one is its own implementation.
         df["impl"] = df["impl"].fillna(df["method"])
-    if "structured" in df.columns:
-        df["structured"] = df["structured"].map(_as_bool).astype(object)
+    for col in ("structured", "converged"):
+        if col in df.columns:
+            df[col] = df[col].map(_as_bool).astype(object)
     return df
 
 
