@@ -114,7 +114,7 @@ def _check(instance, schema, prefix: str = "") -> None:
     if found is None:
         return
     key, message = found
-    key = f"{prefix}.{key}" if prefix and key != "<top level>" else (prefix or key)
+    key = f"{prefix}{'' if key.startswith('[') else '.'}{key}" if prefix and key != "<top level>" else (prefix or key)
     raise ConfigError(f"config key '{key}': {message}")
 
 
@@ -200,6 +200,7 @@ SPARSITY_MAX_DECIMALS = 10
 
 def _check_sparsities(config: dict) -> None:
     keys = [(f"prune.sparsities[{i}]", v) for i, v in enumerate(config["prune"]["sparsities"])]
+    keys += [(f"prune.methods.{m}.sparsities[{i}]", v) for m, spec in config["prune"]["methods"].items() for i, v in enumerate(spec.get("sparsities", []))]
     keys += [(f"studies.{name}.sparsity", study["sparsity"]) for name, study in config["studies"].items() if "sparsity" in study]
     for key, value in keys:
         text = fmt_sparsity(value)
@@ -230,15 +231,26 @@ def validate(config: dict) -> dict:
         name = spec.get("method", key)
         if name not in method_schemas:
             raise ConfigError(f"config key 'prune.methods.{key}': unknown pruning method {name!r} (known: {', '.join(sorted(method_schemas))})")
-        if "finetune" in spec:
-            _check(spec["finetune"], {**schema["$defs"]["finetune_override"], "$defs": schema["$defs"]}, f"prune.methods.{key}.finetune")
-        _check({k: v for k, v in spec.items() if k != "finetune"}, method_schemas[name], f"prune.methods.{key}")
+        for option in PIPELINE_OPTIONS:
+            if option in spec:
+                _check(spec[option], {**schema["$defs"][PIPELINE_OPTIONS[option]], "$defs": schema["$defs"]}, f"prune.methods.{key}.{option}")
+        _check({k: v for k, v in spec.items() if k not in PIPELINE_OPTIONS}, method_schemas[name], f"prune.methods.{key}")
         _fill_defaults(spec, method_schemas[name], method_schemas[name])
     _check_studies(config)
     _check_sparsities(config)
     _check_data_dirs(config)
     _check_start(config)
     return config
+
+
+# Keys of a prune.methods entry that belong to the pipeline, not to the method (-> their schema in $defs): its own
+# fine-tuning, and the target sparsities it runs at (default prune.sparsities).
+PIPELINE_OPTIONS = {"finetune": "finetune_override", "sparsities": "sparsities"}
+
+
+def method_sparsities(config: dict, key: str) -> list[float]:
+    """The target sparsities method `key` is run at in the main grid."""
+    return config["prune"]["methods"][key].get("sparsities") or config["prune"]["sparsities"]
 
 
 def _check_data_dirs(config: dict) -> None:
@@ -447,8 +459,8 @@ def sensitivity_params(config: dict) -> dict:
 
 
 def method_spec(config: dict, key: str) -> dict:
-    """The options the method is built with (its fine-tuning override belongs to the finetune stage)."""
-    spec = {k: v for k, v in config["prune"]["methods"][key].items() if k != "finetune"}
+    """The options the method is built with (its fine-tuning and sparsities belong to the pipeline)."""
+    spec = {k: v for k, v in config["prune"]["methods"][key].items() if k not in PIPELINE_OPTIONS}
     spec.setdefault("method", key)
     return spec
 

@@ -85,7 +85,7 @@ def _shrink_training(section: dict) -> None:
 def rehearsal_sparsity(config: dict) -> float:
     """The one sparsity a rehearsal runs: a study's (when it is a main-grid sparsity, so the study reuses main
     jobs exactly as at full scale), else the largest (the most degenerate masks and channel counts)."""
-    sparsities = config["prune"]["sparsities"]
+    sparsities = sorted({s for key in config["prune"]["methods"] for s in cfg.method_sparsities(config, key)})
     for study in config["studies"].values():
         if study.get("sparsity") in sparsities:
             return study["sparsity"]
@@ -117,6 +117,8 @@ def shrink(config: dict, device: str = "cpu") -> dict:
     small = copy.deepcopy(config)
     small["seeds"] = small["seeds"][:1]
     small["prune"]["sparsities"] = [rehearsal_sparsity(config)]
+    for spec in small["prune"]["methods"].values():
+        spec.pop("sparsities", None)  # every method at the one rehearsal sparsity
     small["data"].update(root="resources/data", raw_root="resources/raw", download=False)
     # start checkpoints inside the scratch directory: never over a real cache
     pretrain = small["pretrain"]
@@ -269,7 +271,9 @@ def rehearse(config_path: str | Path, workdir: str | Path, cores: int = 2, devic
     header = f"# rehearsal of {config_path} (advprune/rehearsal.py)\n"
 
     # the whole grid, planned: every input function and wildcard of the full-size DAG
-    planned = {**small, "seeds": config["seeds"], "prune": {**small["prune"], "sparsities": config["prune"]["sparsities"]}}
+    methods = {key: {**spec, **({"sparsities": config["prune"]["methods"][key]["sparsities"]} if "sparsities" in config["prune"]["methods"][key] else {})}
+               for key, spec in small["prune"]["methods"].items()}
+    planned = {**small, "seeds": config["seeds"], "prune": {**small["prune"], "sparsities": config["prune"]["sparsities"], "methods": methods}}
     (workdir / "plan.yaml").write_text(header + yaml.safe_dump(planned, sort_keys=False))
     run = _snakemake(workdir, workdir / "plan.yaml", workdir / "plan.log", "-n", "--quiet", "rules")
     if run.returncode != 0:

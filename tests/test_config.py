@@ -22,6 +22,7 @@ BAD = [
     ("wrong type", lambda c: c["pretrain"].update(epochs="ten"), "'pretrain.epochs': 'ten' is not of type 'integer'"),
     ("sparsity of 1", lambda c: c["prune"].update(sparsities=[0.5, 1.0]), "'prune.sparsities[1]'"),
     ("sparsity of 0", lambda c: c["prune"].update(sparsities=[0.0]), "'prune.sparsities[0]'"),
+    ("a method's sparsity of 1", lambda c: c["prune"]["methods"]["lwm"].update(sparsities=[0.5, 1.0]), "'prune.methods.lwm.sparsities[1]'"),
     ("eps of 0", lambda c: c["threat_model"].update(eps=0), "'threat_model.eps'"),
     ("negative eps", lambda c: c["threat_model"].update(eps=-0.1), "'threat_model.eps'"),
     ("unknown dataset", lambda c: c.update(datasets=["imagenet21k"]), "'datasets[0]': 'imagenet21k' is not one of"),
@@ -163,12 +164,13 @@ def test_snakemake_accepts_typed_overrides_and_unusual_sparsities(tmp_path):
     (tmp_path / "config").mkdir()
     shutil.copy(REPO / ".test/config.yaml", tmp_path / "config/config.yaml")
     run = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--snakefile", str(REPO / "Snakefile"), "--config", "seeds=[1]",
-                          "threat_model={norm: Linf, eps: 0.2}", "prune={sparsities: [0.00001, 0.9, 0.9000001]}"],
+                          "threat_model={norm: Linf, eps: 0.2}", "prune={sparsities: [0.00001, 0.9, 0.9000001], methods: {random: {sparsities: [0.99]}}}"],
                          cwd=tmp_path, capture_output=True, text=True, env=env_with_repo())
     assert run.returncode == 0, run.stderr[-2000:]
-    assert planned(run)["prune"] == 3 * 3  # .test/config.yaml: lwm, lwm_global, random
+    assert planned(run)["prune"] == 2 * 3 + 1  # .test/config.yaml: lwm, lwm_global at the three; random at its own one
     for name in ("s0.00001", "s0.9.json", "s0.9000001"):
         assert f"seed1/lwm/{name}" in run.stdout
+    assert "seed1/random/s0.99.json" in run.stdout and "seed1/random/s0.9.json" not in run.stdout
 
 
 def test_shipped_configs_are_valid():

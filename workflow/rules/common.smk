@@ -22,7 +22,7 @@ DATASETS = config["datasets"]
 ARCHS = config["archs"]
 SEEDS = [str(s) for s in config["seeds"]]
 METHODS = list(config["prune"]["methods"])
-SPARSITIES = [cfg.fmt_sparsity(s) for s in config["prune"]["sparsities"]]
+SPARSITIES = {m: [cfg.fmt_sparsity(s) for s in cfg.method_sparsities(config, m)] for m in METHODS}  # the main grid, per method
 # Methods whose prune job reads the sensitivity table.
 SENSITIVITY_METHODS = {"mrpf"}
 STUDIES = config["studies"]
@@ -162,7 +162,7 @@ def _runs(pattern, pruned):
                 if not pruned:
                     out.append(pattern.format(**ids))
                     continue
-                out += [pattern.format(**ids, method=m, sparsity=s) for m in METHODS for s in SPARSITIES]
+                out += [pattern.format(**ids, method=m, sparsity=s) for m in METHODS for s in SPARSITIES[m]]
     return out
 
 
