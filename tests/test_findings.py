@@ -278,9 +278,11 @@ def test_models_on_different_points_are_not_paired(tmp_path):
 
 def test_arms_fine_tuned_differently_are_not_compared(tmp_path):
     run = Run().add("harp", 0.99, 300, model=dict(ft_objective="trades")).add("hydra", 0.99, 250).add("lwm", 0.99, 100)
-    verdicts = _verdicts(run.findings(tmp_path), findings.HARP, ">=")
-    assert verdicts[0] == f"{UNEQUAL} fine-tuning objective (harp trades, hydra pgd_at)"
-    assert verdicts[1] == REPRODUCED  # hydra vs lwm: equal
+    table = run.findings(tmp_path)
+    assert _verdicts(table, findings.HARP, ">=") == [f"{UNEQUAL} fine-tuning objective (harp trades, hydra pgd_at)", REPRODUCED]  # hydra vs lwm: equal
+    # each row names its arms' budgets from the records
+    assert table["budget"].iloc[0].startswith("harp: fine-tuning trades 5 epochs / 50 steps") and "hydra: fine-tuning pgd_at" in table["budget"].iloc[0]
+    assert table["budget"].iloc[1].startswith("every arm: fine-tuning pgd_at 5 epochs / 50 steps / ? attack steps, lr 0.01 cosine")
 
 
 def test_learned_masks_need_the_same_pruning_objective(tmp_path):

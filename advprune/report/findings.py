@@ -50,7 +50,7 @@ MIN_SEEDS = 2  # training runs behind a verdict
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTED = "reproduced", "not reproduced", "inconclusive", "not tested by this config"
 ONE_RUN, UNEQUAL = "one training run", "not tested: unequal"
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, ONE_RUN, NOT_TESTED)  # and UNEQUAL + " <what>"
-COLUMNS = ["paper", "claim", "dataset", "arch", "verdict", "seeds", "caveat", "numbers", "criterion", "statistic", "value", "lo", "hi",
+COLUMNS = ["paper", "claim", "dataset", "arch", "verdict", "seeds", "caveat", "budget", "numbers", "criterion", "statistic", "value", "lo", "hi",
            "paired", "mcnemar_p"]
 # Measured, not set: the arms of a comparison may differ in them.
 UNCONTROLLED = ("ft_train_seconds",)
@@ -92,15 +92,17 @@ def _est_text(est: Estimate, signed: bool = False) -> str:
 
 
 def _row(paper, claim, scope, verdict, numbers, criterion, statistic="", est: Estimate | None = None, p=math.nan, seeds: int = 0,
-         caveat: str = "") -> dict:
-    """One findings row; a reproduced / not reproduced verdict from fewer than MIN_SEEDS training runs becomes ONE_RUN."""
+         arms: dict[str, pd.DataFrame] | None = None) -> dict:
+    """One findings row; a reproduced / not reproduced verdict from fewer than MIN_SEEDS training runs becomes ONE_RUN.
+    `arms` (name -> its rows): the models compared, whose budgets and convergence the row names."""
     dataset, arch = scope
     if verdict in (REPRODUCED, NOT_REPRODUCED) and seeds < MIN_SEEDS:
         numbers, verdict = f"{numbers}; {verdict} on the test points of {seeds} training run (needs {MIN_SEEDS})", ONE_RUN
     if est is not None and est.nonfinite:
         numbers += f"; {est.nonfinite} of {est.n_samples} bootstrap samples undefined (a ratio over 0), counted as beyond either end"
-    return {"paper": paper, "claim": claim, "dataset": dataset, "arch": arch, "verdict": verdict, "seeds": seeds, "caveat": caveat,
-            "numbers": numbers, "criterion": criterion, "statistic": statistic, "value": est.value if est else math.nan,
+    arms = arms or {}
+    return {"paper": paper, "claim": claim, "dataset": dataset, "arch": arch, "verdict": verdict, "seeds": seeds,
+            "caveat": convergence_caveat(arms), "budget": budget_text(arms), "numbers": numbers, "criterion": criterion, "statistic": statistic, "value": est.value if est else math.nan,
             "lo": est.lo if est else math.nan, "hi": est.hi if est else math.nan, "paired": est.paired if est else math.nan, "mcnemar_p": p}
 
 
@@ -129,6 +131,35 @@ def unequal(arms: dict[str, pd.DataFrame], columns=None) -> str | None:
                               for name, vs in values.items())
             differences.append(f"{label} ({shown})")
     return "; ".join(differences) or None
+
+
+def _fmt(value) -> str:
+    value = _same(value)
+    return "?" if value is None else f"{value:g}" if isinstance(value, float) else value
+
+
+def _spent(r) -> str:
+    """One model's budget as the records state it: its pruning phases (if it trains) and its fine-tuning."""
+    out = []
+    if _same(r.get("prune_steps")) is not None:
+        out.append(f"pruning {_fmt(r.get('prune_objective'))} {_fmt(r.get('prune_epochs'))} epochs / {_fmt(r.get('prune_steps'))} steps / "
+                   f"{_fmt(r.get('prune_attack_calls'))} attack steps")
+    if _same(r.get("ft_epochs")) is not None:
+        out.append(f"fine-tuning {_fmt(r.get('ft_objective'))} {_fmt(r.get('ft_epochs'))} epochs / {_fmt(r.get('ft_steps'))} steps / "
+                   f"{_fmt(r.get('ft_attack_calls'))} attack steps, lr {_fmt(r.get('ft_lr'))} {_fmt(r.get('ft_schedule'))}, "
+                   f"batch {_fmt(r.get('ft_batch_size'))}, wd {_fmt(r.get('ft_weight_decay'))}")
+    return "; ".join(out) or "no training after pretraining"
+
+
+def budget_text(arms: dict[str, pd.DataFrame]) -> str:
+    """What each arm's model was trained with, from the records (one text where every arm's is the same)."""
+    spent = {name: sorted({_spent(r) for r in rows.to_dict("records")}) for name, rows in arms.items() if name != DENSE and not rows.empty}
+    if not spent:
+        return ""
+    texts = {" | ".join(v) for v in spent.values()}
+    if len(texts) == 1 and len(spent) > 1:
+        return f"every arm: {texts.pop()}"
+    return "; ".join(f"{name}: {' | '.join(v)}" for name, v in spent.items())
 
 
 def convergence_caveat(arms: dict[str, pd.DataFrame]) -> str:
@@ -224,7 +255,7 @@ def harp_claims(summary: pd.DataFrame, layers: pd.DataFrame, index: PointIndex) 
             numbers = (f"AA at {_pct(target)}% sparsity: {keys[a]} {_acc_text(ra)}, {keys[b]} {_acc_text(rb)}; "
                        f"difference {_est_text(est, signed=True)}{test}")
             rows.append(_row(HARP, claim, scope, controlled_verdict(at_least(est, 0.0), arms), numbers, criterion, f"AA({keys[a]}) - AA({keys[b]})",
-                             est, p, seeds=len(_common_seeds(ra, rb)), caveat=convergence_caveat(arms)))
+                             est, p, seeds=len(_common_seeds(ra, rb)), arms=arms))
 
         claim = "HARP's learned per-layer rates are non-uniform"
         criterion_rates = (f"per seed, max / min per-layer density at HARP's highest sparsity >= {NONUNIFORM_DENSITY_RATIO:g}x: "
@@ -246,7 +277,7 @@ def harp_claims(summary: pd.DataFrame, layers: pd.DataFrame, index: PointIndex) 
         numbers = (f"{key} at {_pct(target)}%: per-layer density {_pct(density.min())}-{_pct(density.max())}% "
                    f"(max/min {', '.join('inf' if math.isinf(r) else f'{r:.1f}x' for r in ratios)} per seed; uniform: 1x)")
         rows.append(_row(HARP, claim, scope, verdict, numbers, criterion_rates, "max/min layer density", seeds=len(ratios),
-                         caveat=convergence_caveat({key: harp_rows})))
+                         arms={key: harp_rows}))
     return rows
 
 
@@ -292,7 +323,7 @@ def criteria_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
                        f"{_pct((grid.max(0) - grid.min(0)).mean())} points; difference {_est_text(est, signed=True)}")
             rows.append(_row(BPC, claim, scope, f"{UNEQUAL} {differs}" if differs else greater(est, 0.0), numbers, criterion,
                              "fine-tuning effect - criterion effect", est, seeds=len(seeds),
-                             caveat=convergence_caveat({c: at_target[at_target["method"] == c] for c in criteria})))
+                             arms={c: at_target[at_target["method"] == c] for c in criteria}))
     return rows
 
 
@@ -324,7 +355,7 @@ def mrpf_claims(summary: pd.DataFrame, index: PointIndex) -> list[dict]:
             # the allocation is the method; the ranking within layers must be the same
             differs = unequal(arms) or unequal(arms, [k for k in ("ranking", "structure") if k in df])
             rows.append(_row(MRPF, claim, scope, f"{UNEQUAL} {differs}" if differs else at_least(est, 0.0), numbers, criterion,
-                             f"AA({mrpf}) - AA({uniform})", est, p, seeds=len(_common_seeds(ra, rb)), caveat=convergence_caveat(arms)))
+                             f"AA({mrpf}) - AA({uniform})", est, p, seeds=len(_common_seeds(ra, rb)), arms=arms))
     return rows
 
 
@@ -353,7 +384,7 @@ def pwoa_claims(summary: pd.DataFrame, prune_curves: pd.DataFrame, curves: pd.Da
                 numbers = (f"at {_pct(targets[-1])}%: AA {key} {_acc_text(pruned)}, dense {_acc_text(dense)}; "
                            f"retained {_est_text(est)}")
                 rows.append(_row(PWOA, claim, scope, at_least(est, RETAINED_MOST), numbers, criterion, "AA(pwoa) / AA(dense)", est,
-                                 seeds=len(_common_seeds(pruned, dense)), caveat=convergence_caveat({key: pruned})))
+                                 seeds=len(_common_seeds(pruned, dense)), arms={key: pruned}))
 
         rows.append(pwoa_time_claim(scope, df, key, targets, prune_curves, curves))
     return rows
@@ -431,7 +462,7 @@ def sehwag_claims(study: pd.DataFrame, index: PointIndex) -> list[dict]:
         def runs(p, f):
             """Training runs behind a pair's retained fractions, and its convergence caveat."""
             pruned = at10[(at10["pretrain_objective"] == p) & (at10["finetune_objective"] == f)]
-            return {"seeds": len(_common_seeds(pruned, dense[dense["pretrain_objective"] == p])), "caveat": convergence_caveat({f"{p} -> {f}": pruned})}
+            return {"seeds": len(_common_seeds(pruned, dense[dense["pretrain_objective"] == p])), "arms": {f"{p} -> {f}": pruned}}
 
         if not matched:
             rows.append(_row(SEHWAG, claims["matched"], scope, NOT_TESTED,
@@ -476,12 +507,15 @@ def findings_table(summary: pd.DataFrame, layers: pd.DataFrame, study_finetune: 
 
 
 def findings_display(table: pd.DataFrame, pm: str, times: str):
-    header = ["Paper", "Claim", "Dataset", "Arch", "Verdict", "Seeds", "Numbers (%; 95 % intervals)", "Decision rule"]
-    rows = [[r.paper, r.claim, r.dataset, r.arch, r.verdict + (f" ({r.caveat})" if isinstance(r.caveat, str) and r.caveat else ""), str(r.seeds),
-             r.numbers, r.criterion] for r in table.itertuples(index=False)]
+    header = ["Paper", "Claim", "Dataset", "Arch", "Verdict", "Seeds", "Numbers (%; 95 % intervals)", "Budget (from the records)", "Decision rule"]
+    def text(v):  # an empty CSV cell reads back as NaN
+        return v if isinstance(v, str) else ""
+
+    rows = [[r.paper, r.claim, r.dataset, r.arch, r.verdict + (f" ({r.caveat})" if text(r.caveat) else ""), str(r.seeds), r.numbers, text(r.budget),
+             r.criterion] for r in table.itertuples(index=False)]
     return header, rows, len(header)
 
 
-findings_display.tex_columns = r"p{2.4cm}p{4.2cm}llp{2.2cm}lp{6.5cm}p{5cm}"  # long text wraps in paragraph columns
+findings_display.tex_columns = r"p{2.4cm}p{4.2cm}llp{2.2cm}lp{6cm}p{4cm}p{4.5cm}"  # long text wraps in paragraph columns
 
 BUILDERS: dict[str, tuple[Callable, Callable]] = {"findings": (findings_table, findings_display)}
