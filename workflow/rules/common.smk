@@ -197,7 +197,7 @@ def export_inputs(wildcards):
 
 
 def export_outputs():
-    """What `rule all` adds when config key export.enabled is set: the submission files of every pruned model."""
+    """The submission files of every pruned model, a target of the default run when export.enabled is set."""
     return ["results/export"] if config["export"]["enabled"] else []
 
 
