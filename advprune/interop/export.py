@@ -127,8 +127,8 @@ def submission_text(rows: list[dict]) -> str:
     by_entry: dict[str, list[dict]] = {}
     for row in rows:
         by_entry.setdefault(json.dumps(row["taxonomy"], sort_keys=True), []).append(row)
-    for text, group in by_entry.items():
-        entry = json.loads(text)
+    for group in by_entry.values():
+        entry = group[0]["taxonomy"]  # in the order of the benchmark's taxonomy.json
         lines += [f"## {entry['ap_key']}", "", "### JSON Entry", "", "```json", json.dumps(entry, indent=2), "```", ""]
         for n, row in enumerate(group, 1):
             results = row["results"]
@@ -143,7 +143,7 @@ def submission_text(rows: list[dict]) -> str:
                       f"_Robust Accuracy (HO-FMN):_ {_number(results['hofmn_acc'])}", "", "Normalization: none (inputs in [0, 1])."]
             issues = row["checkpoint_issues"] + row["protocol_issues"]
             if row["duplicate_key"]:
-                issues.append("other seeds of this run have the same key: submit one")
+                issues.append("other models of this run have the same key (other seeds, or method keys of one implementation): submit one")
             if issues:
                 lines += ["", "Differs from the benchmark: " + "; ".join(issues) + "."]
             lines.append("")
@@ -166,11 +166,12 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(prog="advprune export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="results/export", help="directory to write (default: results/export)")
+    p.add_argument("--log", default=None, help="also write the log to this file")
     p.add_argument("snakemake_args", nargs="*", help="the run's Snakemake options, after --, e.g. -- --configfile config/paper/x.yaml")
     a = p.parse_args(argv)
     if not Path("Snakefile").exists():
         sys.exit("advprune export: run this from the repository root (where the Snakefile is)")
-    setup_logging(None)
+    setup_logging(a.log)
     from advprune.versioning import _configfile, recorded_args
 
     try:

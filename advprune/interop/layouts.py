@@ -19,6 +19,10 @@ Layouts (what the file holds, written down from each project's code):
   Wide ResNets in RobustBench's names;
 - `state_dict`: a plain state dict in our names.
 
+HYDRA's and HARP's input normalisation (`--normalize`, used for ImageNet) is a constant of their model classes,
+not a tensor of their checkpoints: nothing in the file says whether a model was trained with it, so a checkpoint
+from such a run must not be given here (its entry cannot be told apart; ours take [0, 1] inputs).
+
 Every layout then loads strictly (advprune.checkpoint.load_strict: a missing, unexpected or mis-shaped tensor
 is refused, never left at its initial value), a model that normalises its inputs inside is refused (ours take
 [0, 1] inputs), the sparsity measured from the weights (the records' measure: zeros of the prunable weights,
