@@ -50,7 +50,7 @@ def export_model(item: dict, out_dir: Path, pretraining: str, ap_keys: dict) -> 
     from advprune.checkpoint import load_model, save_torch, write_json
     from advprune.entry import read_json
 
-    record = read_json(item["record"], ("threat_model", "n_examples", "clean_acc", "autoattack_acc", "taxonomy"))
+    record = read_json(item["record"], ("dataset", "sparsity_target", "threat_model", "n_examples", "clean_acc", "autoattack_acc", "taxonomy"))
     model, ckpt = load_model(item["model"])
     impl = record.get("impl") or item["method"]
     paper = paper_of(impl, ap_keys.get(item["method"]))
@@ -107,7 +107,7 @@ def export_run(items: list[dict], out_root, settings: dict) -> list[dict]:
         rows.append(export_model(item, out_dir, pretraining, settings["ap_keys"]))
     keys = [row["model_key"] for row in rows if row["model_key"]]
     for row in rows:
-        row["duplicate_key"] = keys.count(row["model_key"]) > 1  # several seeds: the benchmark takes one checkpoint per key
+        row["duplicate_key"] = keys.count(row["model_key"]) > 1  # the benchmark takes one checkpoint per key
     write_json({"benchmark": {"repo": benchmark.REPO, "commit": benchmark.COMMIT}, "models": rows}, out_root / "index.json")
     entries = list({json.dumps(row["taxonomy"], sort_keys=True): row["taxonomy"] for row in rows}.values())
     write_json(entries, out_root / "taxonomy.json")
