@@ -26,9 +26,12 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/studies.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/external.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:
     default_target: True
     input:
         report_outputs(),
+        export_outputs(),

@@ -211,28 +211,39 @@ def load_start_model(path, arch: str, model_options: dict, data_meta: dict, devi
         if obj.get("structured") or obj.get("masks") is not None:
             raise CheckpointError(path, "a pruned checkpoint: the start must be the dense model")
         model, _ = load_model(path, device)
-        return model, {"format": "advprune", "sha256": _sha256(path)}
+        return model, {"format": "advprune", "sha256": file_sha256(path)}
     state = plain_state_dict(obj, path)
+    refuse_normalisation(state, path, arch)
+    model = build_model(arch, shape["n_classes"], shape["in_channels"], shape["image_size"], **model_options)
+    if arch.startswith("wrn_") and not set(state) <= set(model.state_dict()):
+        state = from_robustbench(state)
+    load_strict(model, state, path, f"{arch} {model_options or ''} for {shape['n_classes']} classes")
+    return model.to(device), {"format": "state_dict", "sha256": file_sha256(path)}
+
+
+def refuse_normalisation(state: dict, path, arch: str) -> None:
     normalisation = sorted(k for k in state if k in NORMALISATION_KEYS)
     if normalisation:
         raise CheckpointError(path, f"the network normalises its inputs inside ({', '.join(normalisation)}); "
                                     f"{arch} takes [0, 1] inputs without a normalisation layer, so these weights would see other inputs "
                                     "than they were trained on")
-    model = build_model(arch, shape["n_classes"], shape["in_channels"], shape["image_size"], **model_options)
-    if arch.startswith("wrn_") and not set(state) <= set(model.state_dict()):
-        state = from_robustbench(state)
-    missing, unexpected = sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict()))
-    wrong = [k for k in set(state) & set(model.state_dict()) if state[k].shape != model.state_dict()[k].shape]
+
+
+def load_strict(model: nn.Module, state: dict, path, network: str) -> None:
+    """Load `state` into `model` with every key and shape matching both ways; otherwise a CheckpointError naming
+    a few of the missing, unexpected and mis-shaped keys (never a model with some weights left at their init)."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in set(state) & set(own) if state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
         listed = lambda keys: ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")  # noqa: E731
         problems = [f"missing {listed(missing)}"] * bool(missing) + [f"unexpected {listed(unexpected)}"] * bool(unexpected)
         problems += [f"other shapes for {listed(sorted(wrong))}"] * bool(wrong)
-        raise CheckpointError(path, f"not a state dict of {arch} {model_options or ''} for {shape['n_classes']} classes: {'; '.join(problems)}")
-    model.load_state_dict(state)
-    return model.to(device), {"format": "state_dict", "sha256": _sha256(path)}
+        raise CheckpointError(path, f"not a state dict of {network}: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)
 
 
-def _sha256(path) -> str:
+def file_sha256(path) -> str:
     import hashlib
 
     h = hashlib.sha256()

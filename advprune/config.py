@@ -240,6 +240,7 @@ def validate(config: dict) -> dict:
     _check_sparsities(config)
     _check_data_dirs(config)
     _check_start(config)
+    _check_external(config, schema)
     return config
 
 
@@ -500,3 +501,60 @@ def finetune_params(config: dict, key: str | None = None, mode: str | None = Non
 
 def evaluate_params(config: dict) -> dict:
     return _canonical({"threat_model": config["threat_model"], "evaluate": config["evaluate"], "include_first_last": config["prune"]["include_first_last"], "device": config["device"]})
+
+
+# --- checkpoints made elsewhere, and exports to the field's formats (advprune/interop) ---------------------------
+
+def _check_external(config: dict, schema: dict) -> None:
+    """External entries: names that are not method keys, datasets of the run, sparsities that name a directory;
+    fills each entry's defaults and its architecture options (the run's models.<arch> unless it gives its own)."""
+    for name, entry in config["external"].items():
+        key = f"external.{name}"
+        if name in config["prune"]["methods"]:
+            raise ConfigError(f"config key '{key}': {name!r} is also a key of prune.methods: give the external checkpoint its own name")
+        if entry["dataset"] not in config["datasets"]:
+            raise ConfigError(f"config key '{key}.dataset': {entry['dataset']!r} is not a dataset of the run ({', '.join(config['datasets'])})")
+        if len(fmt_sparsity(entry["sparsity"]).partition(".")[2]) > SPARSITY_MAX_DECIMALS:
+            raise ConfigError(f"config key '{key}.sparsity': {entry['sparsity']!r} has more than {SPARSITY_MAX_DECIMALS} decimals")
+        _fill_defaults(entry, schema["$defs"]["external"], schema)
+        entry.setdefault("model", config["models"].get(entry["arch"], {}))
+
+
+def check_external_checkpoints(config: dict) -> None:
+    """Every external checkpoint of the run is a file; raises ConfigError naming the first that is not."""
+    for name, entry in config["external"].items():
+        path = Path(entry["path"])
+        if path.is_dir():
+            raise ConfigError(f"config key 'external.{name}.path': {path} is a directory: name the checkpoint file in it")
+        if not path.is_file():
+            raise ConfigError(f"config key 'external.{name}.path': {path} not found: put the {entry['layout']} checkpoint to evaluate there")
+
+
+def external_params(config: dict, name: str) -> dict:
+    """What the import of external checkpoint `name` depends on (its file is the job's input)."""
+    entry = config["external"][name]
+    return _canonical({"arch": entry["arch"], "model": entry["model"], "layout": entry["layout"], "sparsity": entry["sparsity"],
+                       "sparsity_tolerance": entry["sparsity_tolerance"], "harp_alpha": entry["harp_alpha"], "source": entry.get("source"),
+                       "include_first_last": config["prune"]["include_first_last"]})
+
+
+def export_items(config: dict) -> list[dict]:
+    """Every pruned model of the run's main grid: its ids, evaluation record and fine-tuned checkpoint."""
+    items = []
+    for dataset in config["datasets"]:
+        for arch in config["archs"]:
+            for seed in config["seeds"]:
+                for method in config["prune"]["methods"]:
+                    for sparsity in map(fmt_sparsity, config["prune"]["sparsities"]):
+                        tail = f"{dataset}/{arch}/seed{seed}/{method}/s{sparsity}"
+                        items.append({"dataset": dataset, "arch": arch, "seed": seed, "method": method, "sparsity": sparsity,
+                                      "record": f"results/eval/{tail}.json", "model": f"results/finetune/{tail}/model.pt"})
+    return items
+
+
+def export_params(config: dict) -> dict:
+    """What the export depends on besides the records and checkpoints: how each (dataset, arch) was pretrained
+    (the taxonomy entry's pretraining) and the AP keys the config gives."""
+    pretrain = {f"{d}/{a}": {"objective": config["pretrain"]["objective"], "start": start_checkpoint(config, d, a)}
+                for d in config["datasets"] for a in config["archs"]}
+    return _canonical({"pretrain": pretrain, "ap_keys": config["export"]["ap_keys"]})

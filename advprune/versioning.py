@@ -200,6 +200,10 @@ def main(argv: list[str] | None = None) -> None:
         from advprune.rehearsal import main as rehearse
 
         return rehearse(argv[1:])
+    if argv[:1] == ["export"]:  # its own options: advprune/interop/export.py
+        from advprune.interop.export import main as export
+
+        return export(argv[1:])
     p = argparse.ArgumentParser(prog="advprune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     pub = sub.add_parser("publish", help="version the finished run with DVC and push it to the remote")
@@ -209,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     for sp in sub.choices.values():
         sp.add_argument("snakemake_args", nargs="*", help="the run's Snakemake options, after --, e.g. -- --configfile config/paper/x.yaml")
     sub.add_parser("rehearse", help="run paper configs shrunk end to end on CPU (advprune rehearse --help)")
+    sub.add_parser("export", help="the AP benchmark's and RobustBench's submission files of a finished run (advprune export --help)")
     sub.add_parser("run-args", help=f"print the published run's Snakemake options ({RUN_RECORD}), e.g. snakemake -n $(advprune run-args)")
     a = p.parse_args(argv)
     if not Path("Snakefile").exists():

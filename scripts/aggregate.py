@@ -59,7 +59,15 @@ def _summary_row(record: dict, extra=()) -> dict:
             # accuracy * n is a count stored as a float32 fraction: round it back to whole points
             record[f"{metric}_lo"], record[f"{metric}_hi"] = wilson(round(record[metric] * record["n_examples"]), record["n_examples"])
     # Optional fields (dense models have no impl; older records no latency, per-point results or verification) stay empty.
-    return {**{k: record.get(k) for k in [*SUMMARY_COLUMNS, *extra]}, **_model_columns(record)}
+    return {**{k: record.get(k) for k in [*SUMMARY_COLUMNS, *extra]}, **_model_columns(record), **_source_columns(record)}
+
+
+def _source_columns(record: dict) -> dict:
+    """Whether the model was made elsewhere (config key `external`) and where it came from."""
+    external = record.get("external")
+    if not external:
+        return {"external": False, "source": "advprune"}
+    return {"external": True, "source": f"{external['layout']}: {external.get('source') or external['path']}"}
 
 
 def _model_columns(record: dict) -> dict:

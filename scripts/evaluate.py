@@ -34,6 +34,7 @@ def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, ou
         "threat_model": {"norm": threat["norm"], "eps": threat["eps"]}, "split": cfg["split"],
         **scores, **verified, **stats,
         **model_report(ckpt["meta"]),
+        "external": ckpt["meta"].get("external"),  # a checkpoint made elsewhere (config key `external`): its layout, file and source
         "wall_time_s": time.time() - started,
         "provenance": provenance(params, seed, device, code_hash),
         "model_provenance": ckpt["meta"].get("provenance"),

@@ -41,6 +41,7 @@ COVERED = {
     ".venv/bin/snakemake --profile slurm --profile slurm/cluster --configfile .test/config.yaml": "tests/test_slurm.py (pipeline fixture)",
     "slurm/cluster/stop.sh": "tests/test_slurm.py (session fixture)",
     ".venv/bin/advprune publish": "tests/test_dvc.py",
+    ".venv/bin/advprune export": "tests/test_export.py (advprune export on a run's records and checkpoints)",
     'git commit -m "Results of <what you ran>"': "placeholder message",
     "git clone <repo> && cd <repo> && bin/env": "placeholder repository",
     ".venv/bin/advprune restore": "tests/test_dvc.py (restore with the recorded options)",

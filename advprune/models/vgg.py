@@ -1,11 +1,13 @@
-"""VGG-16 with batch norm in the HYDRA/HARP variant: 13 convs, a 2x2 average pool, FC 2048->256->256->classes
-(the AP benchmark's base model), with `width` scaling the channel counts (64 = the paper's)."""
+"""VGG-16 with batch norm in the HYDRA/HARP variant: 13 bias-free convs, four max pools (none after the last conv
+block), a 2x2 adaptive average pool, FC 2048->256->256->classes, with `width` scaling the channel counts (64 = the
+paper's). The same function and tensors as the AP benchmark's `base_vgg16` (inspire-group/hydra
+models/vgg_cifar.py cfg "16"); only the names differ (one flat Sequential here, advprune.interop.benchmark maps them)."""
 
 import torch.nn as nn
 
 from advprune.models import register_model
 
-_VGG16 = [1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M"]
+_VGG16 = [1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8]
 
 
 @register_model("vgg16_bn")
@@ -15,12 +17,12 @@ def vgg16_bn(n_classes: int, in_channels: int, image_size: tuple[int, int], widt
     h, w = image_size
     for item in _VGG16:
         if item == "M":
-            # Small inputs (digits: 8x8) run out of resolution before the fifth pool; skip pools at 1x1.
+            # Small inputs (digits: 8x8) run out of resolution before the fourth pool; skip pools at 1x1.
             if h > 1 and w > 1:
                 layers.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
             continue
-        layers += [nn.Conv2d(channels, item * width, 3, padding=1), nn.BatchNorm2d(item * width), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(channels, item * width, 3, padding=1, bias=False), nn.BatchNorm2d(item * width), nn.ReLU(inplace=True)]
         channels = item * width
     return nn.Sequential(
         *layers,

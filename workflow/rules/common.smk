@@ -12,6 +12,7 @@ try:
     cfg.type_overrides(config, workflow.config_settings.overwrite_config)
     cfg.validate(config)
     cfg.check_start_checkpoints(config)
+    cfg.check_external_checkpoints(config)
     cfg.check_split_sizes(config)
 except cfg.ConfigError as error:
     # One line naming the key, before any job runs (nothing already computed is touched).
@@ -26,6 +27,8 @@ SPARSITIES = {m: [cfg.fmt_sparsity(s) for s in cfg.method_sparsities(config, m)]
 # Methods whose prune job reads the sensitivity table.
 SENSITIVITY_METHODS = {"mrpf"}
 STUDIES = config["studies"]
+# Checkpoints made elsewhere: rows of the grid named by their key, evaluated once (on the first seed's path).
+EXTERNAL = config["external"]
 OBJECTIVE = config["pretrain"]["objective"]
 if "objectives" in STUDIES and cfg.method_spec(config, STUDIES["objectives"]["method"])["method"] in SENSITIVITY_METHODS:
     sys.exit("advprune: config key 'studies.objectives.method': methods that read the sensitivity table cannot be pretrained with other objectives yet")
@@ -33,9 +36,9 @@ if "objectives" in STUDIES and cfg.method_spec(config, STUDIES["objectives"]["me
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
-    arch="|".join(ARCHS),
+    arch="|".join(dict.fromkeys([*ARCHS, *(e["arch"] for e in EXTERNAL.values())])),
     seed=r"\d+",
-    method="|".join(["dense", *METHODS]),
+    method="|".join(["dense", *METHODS, *EXTERNAL]),
     sparsity=cfg.SPARSITY_PATTERN,
     mode="|".join(cfg.FINETUNE_MODES),
     pre="|".join(cfg.objective_names()),
@@ -100,6 +103,8 @@ def finetune_settings(wildcards):
 def eval_labels(wildcards):
     """Fields an evaluation record carries besides its path: the method implementation and, in studies, the variant."""
     method = wildcards.get("method", "dense")
+    if method in EXTERNAL:  # its implementation where the config names one; where it came from is in its checkpoint
+        return {"impl": EXTERNAL[method]["method"]} if "method" in EXTERNAL[method] else {}
     labels = {} if method == "dense" else {"impl": cfg.method_spec(config, method)["method"]}
     for key, name in (("mode", "finetune_mode"), ("pre", "pretrain_objective"), ("ft", "finetune_objective")):
         if key in wildcards.keys():
@@ -148,6 +153,8 @@ def prune_inputs(wildcards):
 
 
 def evaluated_model(wildcards):
+    if wildcards.method in EXTERNAL:
+        return "results/external/{dataset}/{arch}/{method}/s{sparsity}/model.pt".format(**wildcards)
     if wildcards.method == "dense":
         return "results/pretrain/{dataset}/{arch}/seed{seed}/model.pt".format(**wildcards)
     return "results/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/model.pt".format(**wildcards)
@@ -169,7 +176,29 @@ def _runs(pattern, pruned):
 def all_evaluations():
     return _runs("results/eval/{dataset}/{arch}/seed{seed}/dense/s0.json", False) + _runs(
         "results/eval/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}.json", True
-    )
+    ) + external_evaluations()
+
+
+def external_evaluations():
+    return [f"results/eval/{e['dataset']}/{e['arch']}/seed{SEEDS[0]}/{name}/s{cfg.fmt_sparsity(e['sparsity'])}.json" for name, e in EXTERNAL.items()]
+
+
+def external_checkpoint(wildcards):
+    return EXTERNAL[wildcards.method]["path"]
+
+
+def external_settings(wildcards):
+    return cfg.external_params(config, wildcards.method)
+
+
+def export_inputs(wildcards):
+    items = cfg.export_items(config)
+    return {"records": [item["record"] for item in items], "models": [item["model"] for item in items]}
+
+
+def export_outputs():
+    """The submission files of every pruned model, a target of the default run when export.enabled is set."""
+    return ["results/export"] if config["export"]["enabled"] else []
 
 
 def all_sensitivity():
