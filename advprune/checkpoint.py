@@ -3,10 +3,12 @@ with `weights_only=True` (no pickled code is executed on load).
 
 A model checkpoint holds everything to rebuild the network without the config:
 {"format", "arch", "model_options", "n_classes", "in_channels", "image_size", "state_dict", "masks", "meta",
-"structured"}. `structured` marks a network whose channels were physically removed (structured pruning): its
-layers are narrower than the architecture's, so loading builds the dense architecture, resizes every Conv2d,
-BatchNorm and Linear to the saved shapes, then loads the weights (no pickled modules). Checkpoints written
-before the flag existed read as not structured.
+"structured", "data", "pruning"}. `data` ({dataset, sha256}: advprune.data.data_sha256) and `pruning` ({method
+key, impl, sparsity_target, sparsity_measured}, None for a dense model) say what the model is, for
+advprune.identity to compare with what a job's path and config expect. `structured` marks a network whose
+channels were physically removed (structured pruning): its layers are narrower than the architecture's, so
+loading builds the dense architecture, resizes every Conv2d, BatchNorm and Linear to the saved shapes, then
+loads the weights (no pickled modules). Checkpoints written before the flag existed read as not structured.
 
 Every checkpoint is read through `load_torch`: a file that cannot be read raises CheckpointError naming the file
 and what is wrong with it (empty, truncated, not a checkpoint, or holding pickled code), never torch's bare
@@ -102,10 +104,13 @@ def build_dense(ckpt: dict, device="cpu") -> nn.Module:
     return build_model(ckpt["arch"], ckpt["n_classes"], ckpt["in_channels"], ckpt["image_size"], **ckpt["model_options"]).to(device)
 
 
-def save_model(path, model: nn.Module, arch: str, model_options: dict, data_meta: dict, masks: dict | None = None, meta: dict | None = None) -> None:
+def save_model(path, model: nn.Module, arch: str, model_options: dict, data_meta: dict, masks: dict | None = None, meta: dict | None = None,
+               pruning: dict | None = None) -> None:
     """`structured` is detected, not passed: a model whose tensors differ in shape from the architecture's (built
     on the meta device, so nothing is allocated) had channels removed; any script re-saving a loaded smaller
-    model (fine-tuning) keeps the flag without knowing about it."""
+    model (fine-tuning) keeps the flag without knowing about it. `data_meta` is the prepared dataset's meta.json
+    (its hash becomes `data`); `pruning` what the prune job made of it (None: dense)."""
+    from advprune.data import data_sha256
     from advprune.models import build_model
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -125,6 +130,8 @@ def save_model(path, model: nn.Module, arch: str, model_options: dict, data_meta
             "masks": None if masks is None else {k: v.detach().cpu().bool() for k, v in masks.items()},
             "meta": meta or {},
             "structured": structured,
+            "data": {"dataset": data_meta.get("name"), "sha256": data_sha256(data_meta)} if data_sha256(data_meta) else None,
+            "pruning": None if pruning is None else dict(pruning),
         },
         path,
     )
