@@ -29,6 +29,9 @@ import torch.nn as nn
 
 FORMAT = 1
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+# Trained weights are never exactly zero, and fine-tuning keeps masked ones at zero: a model's measured sparsity
+# is the one recorded when it was pruned (0 for a dense model) up to a few weights (advprune.identity).
+SPARSITY_TOLERANCE = 1e-3
 
 
 class CheckpointError(ValueError):
@@ -217,7 +220,9 @@ def load_start_model(path, arch: str, model_options: dict, data_meta: dict, devi
             raise CheckpointError(path, f"a checkpoint of another network: {diff}")
         if obj.get("structured") or obj.get("masks") is not None:
             raise CheckpointError(path, "a pruned checkpoint: the start must be the dense model")
+        _warn_other_data(path, obj.get("data"), data_meta)
         model, _ = load_model(path, device)
+        _refuse_sparse_start(path, model)
         return model, {"format": "advprune", "sha256": _sha256(path)}
     state = plain_state_dict(obj, path)
     normalisation = sorted(k for k in state if k in NORMALISATION_KEYS)
@@ -236,7 +241,30 @@ def load_start_model(path, arch: str, model_options: dict, data_meta: dict, devi
         problems += [f"other shapes for {listed(sorted(wrong))}"] * bool(wrong)
         raise CheckpointError(path, f"not a state dict of {arch} {model_options or ''} for {shape['n_classes']} classes: {'; '.join(problems)}")
     model.load_state_dict(state)
+    _refuse_sparse_start(path, model)
     return model.to(device), {"format": "state_dict", "sha256": _sha256(path)}
+
+
+def _refuse_sparse_start(path, model: nn.Module) -> None:
+    """Every job after pretraining takes the dense model to have no zero weights (advprune.identity): a pruned
+    network given as the start is refused here, where the config names it, not at every later job."""
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    zero = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    if zero > SPARSITY_TOLERANCE:
+        raise CheckpointError(path, f"{100 * zero:.1f} % of its conv and linear weights are zero: the start must be the dense model")
+
+
+def _warn_other_data(path, data: dict | None, data_meta: dict) -> None:
+    """A start checkpoint of ours made on other splits is the user's choice (a model trained elsewhere), but its
+    training set may hold this run's validation or test points: said in the job's log."""
+    import logging
+
+    from advprune.data import data_sha256
+
+    now = data_sha256(data_meta)
+    if data is not None and now is not None and data["sha256"] != now:
+        logging.getLogger(__name__).warning("%s was trained on %s data %s, not on this run's %s %s: its training set may hold this run's "
+                                            "validation or test points", path, data["dataset"], data["sha256"][:12], data_meta.get("name"), now[:12])
 
 
 def _sha256(path) -> str:

@@ -236,6 +236,39 @@ def test_finetune_and_prune_refuse_a_checkpoint_that_is_not_their_input(digits_d
     assert not any(tmp_path.glob("[fp].*"))
 
 
+def test_a_pruned_checkpoint_carries_its_identity_through_fine_tuning_to_evaluation(digits_dir, tmp_path):
+    """Structured (a physically smaller network, measured against the dense architecture) from the prune job on."""
+    from advprune.checkpoint import load_model
+    from advprune.config import finetune_params, prune_params, validate
+    from advprune.identity import check_model, expected_identity
+
+    config = load_config(_config(tmp_path, digits_dir))
+    config["prune"]["methods"]["l1_filter"] = {}
+    config["finetune"].update(epochs=1)
+    config = validate(config)
+    expect = expected_identity(config, "small_cnn", "l1_filter", 0.5)
+    dense = _checkpoint(tmp_path / "dense.pt", load_meta(digits_dir))
+    _script("prune").main(str(dense), str(digits_dir), 0.5, 0, prune_params(config, "l1_filter", dataset="digits"), str(tmp_path / "p.pt"),
+                          str(tmp_path / "p.json"), expect=expect)
+    _script("finetune").main(str(tmp_path / "p.pt"), str(digits_dir), 0, finetune_params(config, "l1_filter", dataset="digits"), str(tmp_path / "f.pt"),
+                             str(tmp_path / "f.csv"), str(tmp_path / "f.state.pt"), expect=expect)
+    model, ckpt = load_model(tmp_path / "f.pt")
+    measured = json.loads((tmp_path / "p.json").read_text())["sparsity_measured"]
+    assert ckpt["structured"] and ckpt["pruning"] == {"method": "l1_filter", "impl": "l1_filter", "sparsity_target": 0.5, "sparsity_measured": measured}
+    assert ckpt["data"] == {"dataset": "digits", "sha256": data_sha256(load_meta(digits_dir))}
+    check_model(tmp_path / "f.pt", model, ckpt, expect, load_meta(digits_dir))
+
+
+def test_a_pruned_network_is_refused_as_the_start_of_pretraining(digits_dir, tmp_path):
+    from advprune.checkpoint import load_start_model
+
+    path = _checkpoint(tmp_path / "model.pt", load_meta(digits_dir), method="lwm", sparsity=0.9)
+    state = torch.load(path, weights_only=True)["state_dict"]  # as a plain state dict, the form RobustBench's files have
+    torch.save(state, tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match=r"plain.pt: 90.0 % of its conv and linear weights are zero: the start must be the dense model"):
+        load_start_model(tmp_path / "plain.pt", "small_cnn", {"width": 8}, load_meta(digits_dir))
+
+
 def test_evaluate_refuses_more_examples_than_the_split_has_before_any_work(digits_dir, tmp_path, capsys):
     model = _checkpoint(tmp_path / "model.pt", load_meta(digits_dir))
     with pytest.raises(SystemExit) as stop:
