@@ -3,10 +3,12 @@ with `weights_only=True` (no pickled code is executed on load).
 
 A model checkpoint holds everything to rebuild the network without the config:
 {"format", "arch", "model_options", "n_classes", "in_channels", "image_size", "state_dict", "masks", "meta",
-"structured"}. `structured` marks a network whose channels were physically removed (structured pruning): its
-layers are narrower than the architecture's, so loading builds the dense architecture, resizes every Conv2d,
-BatchNorm and Linear to the saved shapes, then loads the weights (no pickled modules). Checkpoints written
-before the flag existed read as not structured.
+"structured", "data", "pruning"}. `data` ({dataset, sha256}: advprune.data.data_sha256) and `pruning` ({method
+key, impl, sparsity_target, sparsity_measured}, None for a dense model) say what the model is, for
+advprune.identity to compare with what a job's path and config expect. `structured` marks a network whose
+channels were physically removed (structured pruning): its layers are narrower than the architecture's, so
+loading builds the dense architecture, resizes every Conv2d, BatchNorm and Linear to the saved shapes, then
+loads the weights (no pickled modules). Checkpoints written before the flag existed read as not structured.
 
 Every checkpoint is read through `load_torch`: a file that cannot be read raises CheckpointError naming the file
 and what is wrong with it (empty, truncated, not a checkpoint, or holding pickled code), never torch's bare
@@ -27,6 +29,9 @@ import torch.nn as nn
 
 FORMAT = 1
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+# Trained weights are never exactly zero, and fine-tuning keeps masked ones at zero: a model's measured sparsity
+# is the one recorded when it was pruned (0 for a dense model) up to a few weights (advprune.identity).
+SPARSITY_TOLERANCE = 1e-3
 
 
 class CheckpointError(ValueError):
@@ -102,10 +107,13 @@ def build_dense(ckpt: dict, device="cpu") -> nn.Module:
     return build_model(ckpt["arch"], ckpt["n_classes"], ckpt["in_channels"], ckpt["image_size"], **ckpt["model_options"]).to(device)
 
 
-def save_model(path, model: nn.Module, arch: str, model_options: dict, data_meta: dict, masks: dict | None = None, meta: dict | None = None) -> None:
+def save_model(path, model: nn.Module, arch: str, model_options: dict, data_meta: dict, masks: dict | None = None, meta: dict | None = None,
+               pruning: dict | None = None) -> None:
     """`structured` is detected, not passed: a model whose tensors differ in shape from the architecture's (built
     on the meta device, so nothing is allocated) had channels removed; any script re-saving a loaded smaller
-    model (fine-tuning) keeps the flag without knowing about it."""
+    model (fine-tuning) keeps the flag without knowing about it. `data_meta` is the prepared dataset's meta.json
+    (its hash becomes `data`); `pruning` what the prune job made of it (None: dense)."""
+    from advprune.data import data_sha256
     from advprune.models import build_model
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -125,6 +133,8 @@ def save_model(path, model: nn.Module, arch: str, model_options: dict, data_meta
             "masks": None if masks is None else {k: v.detach().cpu().bool() for k, v in masks.items()},
             "meta": meta or {},
             "structured": structured,
+            "data": {"dataset": data_meta.get("name"), "sha256": data_sha256(data_meta)} if data_sha256(data_meta) else None,
+            "pruning": None if pruning is None else dict(pruning),
         },
         path,
     )
@@ -210,7 +220,9 @@ def load_start_model(path, arch: str, model_options: dict, data_meta: dict, devi
             raise CheckpointError(path, f"a checkpoint of another network: {diff}")
         if obj.get("structured") or obj.get("masks") is not None:
             raise CheckpointError(path, "a pruned checkpoint: the start must be the dense model")
+        _warn_other_data(path, obj.get("data"), data_meta)
         model, _ = load_model(path, device)
+        _refuse_sparse_start(path, model)
         return model, {"format": "advprune", "sha256": file_sha256(path)}
     state = plain_state_dict(obj, path)
     refuse_normalisation(state, path, arch)
@@ -218,6 +230,7 @@ def load_start_model(path, arch: str, model_options: dict, data_meta: dict, devi
     if arch.startswith("wrn_") and not set(state) <= set(model.state_dict()):
         state = from_robustbench(state)
     load_strict(model, state, path, f"{arch} {model_options or ''} for {shape['n_classes']} classes")
+    _refuse_sparse_start(path, model)
     return model.to(device), {"format": "state_dict", "sha256": file_sha256(path)}
 
 
@@ -241,6 +254,28 @@ def load_strict(model: nn.Module, state: dict, path, network: str) -> None:
         problems += [f"other shapes for {listed(sorted(wrong))}"] * bool(wrong)
         raise CheckpointError(path, f"not a state dict of {network}: {'; '.join(problems)}")
     model.load_state_dict(state, strict=True)
+
+
+def _refuse_sparse_start(path, model: nn.Module) -> None:
+    """Every job after pretraining takes the dense model to have no zero weights (advprune.identity): a pruned
+    network given as the start is refused here, where the config names it, not at every later job."""
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    zero = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    if zero > SPARSITY_TOLERANCE:
+        raise CheckpointError(path, f"{100 * zero:.1f} % of its conv and linear weights are zero: the start must be the dense model")
+
+
+def _warn_other_data(path, data: dict | None, data_meta: dict) -> None:
+    """A start checkpoint of ours made on other splits is the user's choice (a model trained elsewhere), but its
+    training set may hold this run's validation or test points: said in the job's log."""
+    import logging
+
+    from advprune.data import data_sha256
+
+    now = data_sha256(data_meta)
+    if data is not None and now is not None and data["sha256"] != now:
+        logging.getLogger(__name__).warning("%s was trained on %s data %s, not on this run's %s %s: its training set may hold this run's "
+                                            "validation or test points", path, data["dataset"], data["sha256"][:12], data_meta.get("name"), now[:12])
 
 
 def file_sha256(path) -> str:

@@ -134,8 +134,9 @@ def write_csv(rows: list[dict], path: str | os.PathLike, extra: dict | None = No
     atomic_write(path, write)
 
 
-def read_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:
-    """A JSON object written by another job, holding at least the keys `required`."""
+def read_json(path: str | os.PathLike, required: tuple[str, ...] = (), check=None) -> dict:
+    """A JSON object written by another job, holding at least the keys `required`; `check(obj)` returns what
+    else is wrong with it (e.g. advprune.records.record_problem), or None."""
     import json
 
     try:
@@ -151,6 +152,9 @@ def read_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:
     missing = [k for k in required if k not in obj]
     if missing:
         _damaged(path, f"lacks the key(s) {', '.join(missing)}")
+    problem = check(obj) if check is not None else None
+    if problem:
+        _damaged(path, problem)
     return obj
 
 
@@ -192,6 +196,14 @@ def _damaged(path, reason: str, cause: BaseException | None = None):
     from advprune.checkpoint import RECOMPUTE, CheckpointError  # torch only on this path: report jobs need none
 
     raise CheckpointError(path, reason, RECOMPUTE) from cause
+
+
+def refuse(message: str):
+    """Stop the job before any work with one line (`advprune: message`) on the console and in its log."""
+    import logging
+
+    logging.getLogger("advprune").critical("job refused: %s", message)
+    sys.exit(f"advprune: {message}")
 
 
 def remove_resume_state(path: str | os.PathLike) -> None:

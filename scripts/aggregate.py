@@ -3,7 +3,10 @@ reads (results/tables/*.csv), and the files dvc.yaml declares (summary.json, res
 need the checkpoints.
 
 Every accuracy comes with its 95 % Wilson interval over the record's test points (`<metric>_lo`, `<metric>_hi`);
-a metric the record lacks (`verified_acc` before verification runs) stays empty, never 0. `per_point.csv` holds
+a metric not computed (`verified_acc` when verification is off) stays empty, never 0. A record that lacks a
+metric it should have, whose per-point results disagree with its accuracies or point count, whose path names
+another model, or that another run made (other settings or data) stops the job with one line naming the
+record and the field (advprune.records). `per_point.csv` holds
 each record's per-point results (one '0'/'1' string per metric, in the split's order) and the hash of its
 points, which is what paired tests between models need."""
 
@@ -15,6 +18,7 @@ import pandas as pd
 
 from advprune.dvc_outputs import ACCURACIES, write_metrics, write_plot_data
 from advprune.entry import parser, read_csv, read_json, write_csv
+from advprune.records import mixed_problem, record_problem
 from advprune.runtime import setup_logging
 from advprune.stats import wilson
 
@@ -33,9 +37,7 @@ PER_POINT_IDS = ["table", "dataset", "arch", "seed", "method", "impl", "sparsity
                  "finetune_objective", "points_sha256"]
 
 
-# What this script reads of each results file: a record, table or curve without it is damaged.
-RECORD_KEYS = ("threat_model", "n_examples", "layers", "provenance")
-STUDY_RECORD_KEYS = ("threat_model", "n_examples")
+# What this script reads of each results file: a table or curve without it is damaged (records: advprune.records).
 PRUNE_INFO_KEYS = ("method", "info")
 SENSITIVITY_COLUMNS = ("module", "sensitivity")
 CURVE_COLUMNS = ("epoch",)
@@ -87,7 +89,7 @@ def _model_columns(record: dict) -> dict:
 
 
 def _per_point_rows(table: str, record: dict) -> list[dict]:
-    """One row per metric of a record's per-point results (none for records written before they existed)."""
+    """One row per metric of a record's per-point results."""
     ids = {k: record.get(k) for k in PER_POINT_IDS} | {"table": table}
     return [{**ids, "metric": metric, "correct": bits} for metric, bits in (record.get("per_point") or {}).items() if bits is not None]
 
@@ -98,13 +100,25 @@ def _provenance_row(ids: dict, prov: dict) -> dict:
     return {**ids, **{k: prov.get(k) for k in ("git_sha", "git_dirty", "config_hash", "code_hash", "device", "gpu", "host", "created")}, **packages}
 
 
+def _read_record(path: str, seen: dict) -> dict:
+    """An evaluation record that holds what it should and belongs with the records `seen` before it (None -> the
+    run's first (path, record), dataset -> that dataset's first)."""
+    def check(record):
+        return record_problem(record, path) or mixed_problem(record, seen.get(None), seen.get(record["dataset"]))
+
+    record = read_json(path, check=check)
+    seen.setdefault(None, (path, record))
+    seen.setdefault(record["dataset"], (path, record))
+    return record
+
+
 def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, log=None, prune_infos=(), studies=None):
     """`studies`: table name (study_finetune, study_objectives) -> [{"path": evaluation record, "labels": its
     variant}] (a study reuses the main pipeline's records where its model is the main one)."""
     setup_logging(log)
-    summary, layers, provenance, per_point = [], [], [], []
+    summary, layers, provenance, per_point, seen = [], [], [], [], {}
     for path in sorted(eval_jsons):
-        record = read_json(path, RECORD_KEYS)
+        record = _read_record(path, seen)
         summary.append(_summary_row(record))
         per_point += _per_point_rows("summary", record)
         ids = {k: record.get(k) for k in ("dataset", "arch", "seed", "method", "impl", "sparsity_target")}
@@ -115,7 +129,7 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
     write_csv(provenance, out["provenance"])
 
     for name, extra in STUDY_COLUMNS.items():
-        records = [{**read_json(r["path"], STUDY_RECORD_KEYS), **r["labels"]} for r in (studies or {}).get(name, [])]
+        records = [{**_read_record(r["path"], seen), **r["labels"]} for r in (studies or {}).get(name, [])]
         write_csv([_summary_row(record, extra) for record in records], out[name], header=[*SUMMARY_COLUMNS, *extra, *MODEL_COLUMNS])
         per_point += [row for record in records for row in _per_point_rows(name, record)]
     write_csv(per_point, out["per_point"], header=[*PER_POINT_IDS, "metric", "correct"])

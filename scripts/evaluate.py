@@ -3,22 +3,27 @@ points, sparsity, parameters, FLOPs and CPU latency against the dense network of
 RobustBench-like JSON record with provenance."""
 
 import time
+from pathlib import Path
 
 from advprune.checkpoint import build_dense, load_model, write_json
-from advprune.data import load_meta, load_split
-from advprune.entry import load_config, parser, start_job
+from advprune.data import data_sha256, load_meta, load_split
+from advprune.entry import load_config, parser, refuse, start_job
 from advprune.evaluation import model_statistics, robustness, to_bits
+from advprune.identity import check_model, expected_identity
 from advprune.provenance import provenance
 from advprune.verification import record_fields
 
 
-def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, out_json, threads=1, log=None, code_hash=None, labels=None):
-    """`labels`: fields recorded beside the identifiers (method implementation, a study's variant)."""
+def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, out_json, threads=1, log=None, code_hash=None, labels=None,
+         expect=None):
+    """`labels`: fields recorded beside the identifiers (method implementation, a study's variant); `expect`: what
+    the path and config say the model is (advprune.identity.expected_identity)."""
     started = time.time()
     device = start_job(log, threads, params["device"])
     cfg, threat = params["evaluate"], params["threat_model"]
     meta = load_meta(data_dir)
     model, ckpt = load_model(model_path, device)
+    check_inputs(model_path, data_dir, meta, model, ckpt, params, expect)
     split = load_split(data_dir, cfg["split"], device, n=cfg["n_examples"])
     # the dense reference: the checkpoint's architecture at full width (only its shapes and speed matter)
     stats = model_statistics(model, (meta["channels"], *meta["image_size"]), params["include_first_last"], dense=build_dense(ckpt, device),
@@ -31,7 +36,7 @@ def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, ou
     record = {
         "dataset": dataset, "arch": arch, "seed": seed, "method": method, "sparsity_target": float(sparsity), **(labels or {}),
         "structured": bool(ckpt.get("structured", False)),
-        "threat_model": {"norm": threat["norm"], "eps": threat["eps"]}, "split": cfg["split"],
+        "threat_model": {"norm": threat["norm"], "eps": threat["eps"]}, "split": cfg["split"], "data_sha256": data_sha256(meta),
         **scores, **verified, **stats,
         **model_report(ckpt["meta"]),
         "external": ckpt["meta"].get("external"),  # a checkpoint made elsewhere (config key `external`): its layout, file and source
@@ -50,6 +55,18 @@ def model_report(meta: dict) -> dict:
             "budget": {"prune": prune.get("budget"), "finetune": meta.get("finetune")}}
 
 
+def check_inputs(model_path, data_dir, meta, model, ckpt, params, expect):
+    """Before any work: the split holds evaluate.n_examples (else a record would silently be of fewer points, and
+    the same config refused at the next run), and the checkpoint is the model its path and config name
+    (`expect`; None: only its data is compared)."""
+    cfg = params["evaluate"]
+    n, size = cfg["n_examples"], meta["splits"][cfg["split"]]
+    if n is not None and n > size:
+        refuse(f"config key 'evaluate.n_examples': {n} is more than the {size} examples in the {cfg['split']} split of {meta['name']} "
+               f"({Path(data_dir) / 'meta.json'}; null takes the whole split)")
+    check_model(model_path, model, ckpt, expect, meta)
+
+
 def cli(argv=None):
     from advprune.entry import existing_file, fraction, schema_arg
 
@@ -65,14 +82,16 @@ def cli(argv=None):
     from advprune.config import evaluate_params, fetch_params
 
     config = load_config(a.config, None if a.method == "dense" else a.method)
-    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.dataset, a.arch, a.seed, a.method, a.sparsity, evaluate_params(config), a.out, a.threads, a.log)
+    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.dataset, a.arch, a.seed, a.method, a.sparsity, evaluate_params(config), a.out,
+         a.threads, a.log, expect=expected_identity(config, a.arch, a.method, a.sparsity))
 
 
 if __name__ == "__main__":
     if "snakemake" in globals():
         sm = snakemake  # noqa: F821
         w = sm.wildcards
-        main(sm.input.model, sm.params.data_dir, w.dataset, w.arch, int(w.seed), w.get("method", "dense"), float(w.get("sparsity", 0)), sm.params.settings,
-             sm.output[0], sm.threads, sm.log[0], sm.params.code, sm.params.labels)
+        method, sparsity = w.get("method", "dense"), float(w.get("sparsity", 0))
+        main(sm.input.model, sm.params.data_dir, w.dataset, w.arch, int(w.seed), method, sparsity, sm.params.settings,
+             sm.output[0], sm.threads, sm.log[0], sm.params.code, sm.params.labels, expect=expected_identity(sm.config, w.arch, method, sparsity))
     else:
         cli()

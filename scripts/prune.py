@@ -4,15 +4,21 @@ from advprune.checkpoint import build_dense, load_model, save_model, write_json
 from advprune.data import load_meta, load_split
 from advprune.data.augment import Augmentation
 from advprune.entry import existing_file, load_config, parser, read_csv, remove_resume_state, schema_arg, start_job
+from advprune.identity import check_model, dense_identity, expected_identity
 from advprune.provenance import provenance
 from advprune.pruning import PruneContext, build_method, layer_sparsity
 from advprune.runtime import seed_everything
 from advprune.training import apply_masks
 
 
-def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sensitivity_csv=None, threads=1, log=None, code_hash=None, resume_prefix=None):
+def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sensitivity_csv=None, threads=1, log=None, code_hash=None,
+         resume_prefix=None, expect=None):
+    """`expect`: what the output's path and config say it is (advprune.identity.expected_identity); the input
+    must be the dense model of the same network and data."""
     device = start_job(log, threads, params["device"])
     model, ckpt = load_model(model_path, device)
+    data_meta = load_meta(data_dir)
+    check_model(model_path, model, ckpt, None if expect is None else dense_identity(expect), data_meta)
     options = dict(params["method"])
     method = build_method(options.pop("method"), **options)
     context = PruneContext(
@@ -36,10 +42,13 @@ def main(model_path, data_dir, sparsity, seed, params, out_model, out_info, sens
     # A structured method's network is smaller: sparsity is what is left of the dense architecture's layers.
     layers = layer_sparsity(model, params["include_first_last"], build_dense(ckpt, device) if method.structured else None)
     measured = sum(r["sparsity"] * r["n_params"] for r in layers) / sum(r["n_params"] for r in layers)
+    impl = params["method"]["method"]
+    pruning = {"method": impl if expect is None else expect["method"], "impl": impl, "sparsity_target": float(sparsity),
+               "sparsity_measured": measured}
     # what the method is, whether it ran its course and what it spent: carried to the records, where comparisons check them
     report = {"taxonomy": method.taxonomy(), "convergence": convergence(result.info.pop("convergence", None), context.budget), "budget": context.budget}
-    save_model(out_model, model, ckpt["arch"], ckpt["model_options"], load_meta(data_dir), masks=result.masks,
-               meta={"provenance": provenance(params, seed, device, code_hash), "sparsity_target": float(sparsity), "prune": report})
+    save_model(out_model, model, ckpt["arch"], ckpt["model_options"], data_meta, masks=result.masks,
+               meta={"provenance": provenance(params, seed, device, code_hash), "sparsity_target": float(sparsity), "prune": report}, pruning=pruning)
     write_json({"method": params["method"], "sparsity_target": float(sparsity), "sparsity_measured": measured, **report, "layers": layers,
                 "info": result.info}, out_info)
     for path in context.resume_states():
@@ -80,14 +89,15 @@ def cli(argv=None):
     config = load_config(a.config, a.method)
     main(a.model, fetch_params(config, a.dataset)["out_dir"], a.sparsity, a.seed, prune_params(config, a.method, dataset=a.dataset), a.out_model, a.out_info,
          a.sensitivity, a.threads, a.log,
-         resume_prefix=a.resume_prefix)
+         resume_prefix=a.resume_prefix, expect=expected_identity(config, None, a.method, a.sparsity))
 
 
 if __name__ == "__main__":
     if "snakemake" in globals():
         sm = snakemake  # noqa: F821
-        main(sm.input.model, sm.params.data_dir, float(sm.wildcards.sparsity), int(sm.wildcards.seed), sm.params.settings, sm.output.model, sm.output.info,
+        w = sm.wildcards
+        main(sm.input.model, sm.params.data_dir, float(w.sparsity), int(w.seed), sm.params.settings, sm.output.model, sm.output.info,
              sm.input.get("sensitivity"), sm.threads, sm.log[0], sm.params.code,
-             sm.params.resume_prefix)
+             sm.params.resume_prefix, expect=expected_identity(sm.config, w.arch, w.method, float(w.sparsity)))
     else:
         cli()

@@ -1,5 +1,6 @@
 """Damaged files and failed jobs: every failure names its file and cause, and the job's own log has it."""
 
+import json
 import subprocess
 
 import pytest
@@ -67,7 +68,12 @@ def test_damaged_prepared_data_is_named(tmp_path, digits_dir, name):
 
 
 # Results files other jobs wrote: one line naming the file and how to recompute it, never a bare parser traceback.
-RECORD = '{"threat_model": {"norm": "Linf", "eps": 0.1}, "n_examples": 10, "layers": [], "provenance": {}}\n'
+_BITS = {"clean": "1111111100", "pgd": "1111000000", "autoattack": "1110000000"}
+_RECORD = {"dataset": "digits", "arch": "small_cnn", "seed": 0, "method": "lwm", "impl": "lwm", "sparsity_target": 0.9, "sparsity_measured": 0.9,
+           "threat_model": {"norm": "Linf", "eps": 0.1}, "n_examples": 10, "clean_acc": 0.8, "pgd_acc": 0.4, "autoattack_acc": 0.3,
+           "per_point": _BITS, "points_sha256": "p" * 64, "data_sha256": "d" * 64, "layers": [], "provenance": {"config_hash": "c"}}
+RECORD = json.dumps(_RECORD) + "\n"
+STUDY_RECORD = json.dumps({**_RECORD, "finetune_mode": "none"}) + "\n"
 DAMAGED_JSON = [
     ("half", RECORD[: len(RECORD) // 2], "truncated or corrupt JSON"),
     ("empty", "", "empty file, not JSON"),
@@ -150,7 +156,7 @@ def test_aggregate_names_a_damaged_input(tmp_path, kind, damaged):
     aggregate = _script("aggregate")
     results = tmp_path / "results"
     good = {"evals": RECORD, "sensitivity": "module,sensitivity\nfc,0.1\n", "pretrain_curves": "epoch\n0\n", "finetune_curves": "epoch\n0\n",
-            "prune_infos": '{"method": {"method": "lwm"}, "info": {}}', "study": RECORD}
+            "prune_infos": '{"method": {"method": "lwm"}, "info": {}}', "study": STUDY_RECORD}
     paths = {k: str(_write(results / path, good[k])) for k, path in AGGREGATE_INPUTS}
     _write(results / damaged, good[kind][: len(good[kind]) // 2])
     out = {name: str(results / f"tables/{name}.csv") for name in ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves",

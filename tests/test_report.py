@@ -721,8 +721,8 @@ def _record(method, sparsity, clean, aa, per_point=True, **extra):
     return {"dataset": "digits", "arch": "small_cnn", "seed": 0, "method": method, "impl": method, "sparsity_target": sparsity,
             "threat_model": {"norm": "Linf", "eps": 0.1}, "n_examples": 50, "clean_acc": clean, "pgd_acc": aa, "autoattack_acc": aa,
             "sparsity_measured": sparsity, "params_total": 100, "params_nonzero": 50, "flops_dense": 10, "flops_effective": 5,
-            "layers": [{"layer": "fc", "layer_index": 0, "n_params": 100, "sparsity": sparsity}], "provenance": {"git_sha": "x"},
-            **({"per_point": bits, "points_sha256": "h"} if per_point else {}), **extra}
+            "layers": [{"layer": "fc", "layer_index": 0, "n_params": 100, "sparsity": sparsity}], "provenance": {"git_sha": "x", "config_hash": "c"},
+            "data_sha256": "d" * 64, **({"per_point": bits, "points_sha256": "h"} if per_point else {}), **extra}
 
 
 def test_aggregate_writes_intervals_and_per_point_results(tmp_path):
@@ -733,11 +733,12 @@ def test_aggregate_writes_intervals_and_per_point_results(tmp_path):
     aggregate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(aggregate)
     paths = []
-    # An older record without per-point results, one with them (float32 accuracy, as torch writes it), one verified.
-    for name, record in (("dense", _record("dense", 0.0, 0.9, 0.6, per_point=False)),
+    # A dense record, one with a float32 accuracy (as torch writes it), one verified.
+    verified = {**_record("hydra", 0.9, 0.8, 0.5)["per_point"], "verified": "1" * 20 + "0" * 30}
+    for name, record in (("dense", _record("dense", 0.0, 0.9, 0.6)),
                          ("lwm", _record("lwm", 0.9, 0.699999988079071, 0.3)),
-                         ("hydra", _record("hydra", 0.9, 0.8, 0.5, verified_acc=0.4))):
-        path = tmp_path / f"eval/digits/small_cnn/seed0/{name}/s0.json"
+                         ("hydra", _record("hydra", 0.9, 0.8, 0.5, verified_acc=0.4) | {"per_point": verified})):
+        path = tmp_path / f"eval/digits/small_cnn/seed0/{name}/s{record['sparsity_target']:g}.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(record))
         paths.append(str(path))
@@ -751,7 +752,7 @@ def test_aggregate_writes_intervals_and_per_point_results(tmp_path):
     assert summary.loc["hydra", "verified_acc"] == 0.4 and summary.loc["hydra", "verified_acc_lo"] < 0.4
     assert summary.loc[["dense", "lwm"], "verified_acc"].isna().all()  # not computed, not 0
     points = pd.read_csv(out["per_point"], dtype={"correct": str})
-    assert set(points["method"]) == {"lwm", "hydra"} and set(points["metric"]) == {"clean", "pgd", "autoattack"}
+    assert set(points["method"]) == {"dense", "lwm", "hydra"} and set(points["metric"]) == {"clean", "pgd", "autoattack", "verified"}
     lwm_clean = points[(points["method"] == "lwm") & (points["metric"] == "clean")]["correct"].iloc[0]
     assert lwm_clean == "1" * 35 + "0" * 15
     metrics = json.loads(Path(out["metrics"]).read_text())["digits/small_cnn"]

@@ -1,7 +1,8 @@
 """Datasets: download, prepare into uint8 arrays with fixed train/val/test splits, and load them back.
 
 Prepared layout (one directory per dataset): {train,val,test}_{x,y}.npy (x uint8 N×C×H×W, y int64 N) and
-meta.json, written last, so its presence means the directory is complete.
+meta.json, written last, so its presence means the directory is complete. meta.json records each file's sha256;
+load_split refuses a file that no longer has it, and labels or shapes that do not fit meta.json.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from . import cifar, digits, mnist, svhn, tinyimagenet  # noqa: F401  (importing registers the datasets)
-from .arrays import SPLITS, ArraySplit, load_meta, load_split, save_array, save_json, sha256, stratified_split
+from .arrays import SPLITS, ArraySplit, PreparedDataError, data_sha256, load_meta, load_split, save_array, save_json, sha256, stratified_split
 from .registry import DATASETS, DatasetSpec, RawData, register_dataset
 
 __all__ = [
-    "DATASETS", "ArraySplit", "DatasetSpec", "RawData", "load_meta", "load_split", "prepare_dataset",
+    "DATASETS", "ArraySplit", "DatasetSpec", "PreparedDataError", "RawData", "data_sha256", "load_meta", "load_split", "prepare_dataset",
     "register_dataset",
 ]
 

@@ -45,11 +45,25 @@ class PointIndex:
     def bits(self, table: str, row, metric: str) -> np.ndarray | None:
         return self._bits.get(_key(table, row, metric))
 
+    def _checked(self, table: str, row: dict, metric: str) -> np.ndarray | None:
+        """A row's per-point results, refused when they are not `n_examples` points with its accuracy (aggregate
+        writes only such; anything else was edited, and would unpair a paired test or contradict the table)."""
+        bits = self.bits(table, row, metric)
+        if bits is None:
+            return None
+        n, accuracy = int(row["n_examples"]), float(row[metric])
+        if len(bits) != n or int(bits.sum()) != round(accuracy * n):
+            _, dataset, arch, seed, method, sparsity, *labels, short = _key(table, row, metric)
+            where = "/".join([dataset, arch, f"seed{seed}", method, f"s{sparsity}", *filter(None, labels)])
+            raise ValueError(f"per_point.csv: {table} {where} {short}: {int(bits.sum())} of {len(bits)} points right, "
+                             f"{metric} {accuracy:g} of {n} points says {round(accuracy * n)} (run aggregate again)")
+        return bits
+
     def model(self, table: str, rows: pd.DataFrame, metric: str) -> Model:
         """`rows` (one per seed, in seed order) as a Model: accuracies, point counts, per-point results where
         known. Per-point results of different points (other hashes) are dropped, so no test pairs them."""
         rows = rows.sort_values("seed")
-        bits = [self.bits(table, r, metric) for r in rows.to_dict("records")]
+        bits = [self._checked(table, r, metric) for r in rows.to_dict("records")]
         hashes = {self._hash.get(_key(table, r, metric)) for r in rows.to_dict("records")} - {None, ""}
         if len(hashes) > 1:
             bits = [None] * len(bits)

@@ -4,8 +4,9 @@ Resume: after every epoch the full training state (model, optimizer, scheduler, 
 to `resume_path`, which lies outside Snakemake's declared outputs (Snakemake deletes those when a job fails).
 Every epoch re-seeds the RNGs from (seed, epoch), so a run resumed from epoch k draws exactly the numbers an
 uninterrupted run draws: same seed, same final weights (the training split's augmentation,
-advprune.data.augment, draws from that epoch's generator too). The state carries a fingerprint of the settings;
-a state written under other settings is ignored rather than resumed. A state that cannot be read (a torn copy,
+advprune.data.augment, draws from that epoch's generator too). The state carries a fingerprint of the settings
+and of the data (the splits' `sha256`); a state written under other settings or on other data is ignored rather
+than resumed. A state that cannot be read (a torn copy,
 a full disk) is moved aside to `<resume_path>.unreadable` with a warning and training starts from epoch 0: it
 is never half-used, and it cannot block the job on every re-run.
 """
@@ -154,8 +155,11 @@ def train(
     else:
         raise ValueError(f"unknown schedule {settings.schedule!r}")
     augmentation = getattr(train_split, "augmentation", None)
+    # the data too: a state trained on another split (data.val_fraction, split_seed) is not this run's
     fingerprint = _fingerprint(settings, {"seed": seed, "objective": objective.name, "fast_path": fast.describe(),
-                                          "augmentation": augmentation.describe() if augmentation else "none", **(fingerprint_extra or {})})
+                                          "augmentation": augmentation.describe() if augmentation else "none",
+                                          "data": [getattr(split, "sha256", None) for split in (train_split, val_split)],
+                                          **(fingerprint_extra or {})})
 
     curve: list[dict] = []
     start_epoch = 0
