@@ -545,7 +545,7 @@ def export_items(config: dict) -> list[dict]:
         for arch in config["archs"]:
             for seed in config["seeds"]:
                 for method in config["prune"]["methods"]:
-                    for sparsity in map(fmt_sparsity, config["prune"]["sparsities"]):
+                    for sparsity in map(fmt_sparsity, method_sparsities(config, method)):
                         tail = f"{dataset}/{arch}/seed{seed}/{method}/s{sparsity}"
                         items.append({"dataset": dataset, "arch": arch, "seed": seed, "method": method, "sparsity": sparsity,
                                       "record": f"results/eval/{tail}.json", "model": f"results/finetune/{tail}/model.pt"})

@@ -24,12 +24,15 @@ from advprune.models import build_model
 
 def expected_identity(config: dict, arch: str | None, method: str, sparsity: float) -> dict:
     """What the path's wildcards (`arch`, `method` key or "dense", `sparsity`) and the config say the model
-    is. `arch` None (a script run alone without --arch): architecture and options are not compared."""
+    is. `arch` None (a script run alone without --arch): architecture and options are not compared. A key of the
+    config's `external` section names a checkpoint made elsewhere, read in by import_external with its own options."""
+    external = (config.get("external") or {}).get(method)
+    options = external["model"] if external else config["models"].get(arch, {})
     return {
         "arch": arch,
-        "model_options": None if arch is None else dict(config["models"].get(arch, {})),
+        "model_options": None if arch is None else dict(options),
         "method": method,
-        "impl": None if method == "dense" else config["prune"]["methods"][method].get("method", method),
+        "impl": None if method == "dense" else "external" if external else config["prune"]["methods"][method].get("method", method),
         "sparsity_target": float(sparsity) if method != "dense" else 0.0,
         "include_first_last": config["prune"]["include_first_last"],
     }

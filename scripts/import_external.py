@@ -13,7 +13,8 @@ from advprune.provenance import provenance
 logger = logging.getLogger("import_external")
 
 
-def main(checkpoint, data_dir, params, out_model, threads=1, log=None, code_hash=None):
+def main(checkpoint, data_dir, params, out_model, threads=1, log=None, code_hash=None, name="external"):
+    """`name`: the row's key in the config's `external` section (what its path names: advprune.identity)."""
     device = start_job(log, threads, "cpu")
     meta = load_meta(data_dir)
     model, info = read_external(checkpoint, params["layout"], params["arch"], params["model"], meta, params["sparsity"], params["include_first_last"],
@@ -22,7 +23,8 @@ def main(checkpoint, data_dir, params, out_model, threads=1, log=None, code_hash
                 info["scores_folded"] or "none", info["sparsity_measured"], params["sparsity"], info["channels_removed"])
     external = {**info, "path": str(checkpoint), "source": params["source"]}
     save_model(out_model, model, params["arch"], params["model"], meta,
-               meta={"external": external, "sparsity_target": params["sparsity"], "provenance": provenance(params, 0, device, code_hash)})
+               meta={"external": external, "sparsity_target": params["sparsity"], "provenance": provenance(params, 0, device, code_hash)},
+               pruning={"method": name, "impl": "external", "sparsity_target": float(params["sparsity"]), "sparsity_measured": info["sparsity_measured"]})
 
 
 def cli(argv=None):
@@ -36,12 +38,13 @@ def cli(argv=None):
     if a.name not in config["external"]:
         p.error(f"--name {a.name!r} is not a key of external in {a.config} (known: {', '.join(config['external']) or 'none'})")
     entry = config["external"][a.name]
-    main(entry["path"], fetch_params(config, entry["dataset"])["out_dir"], external_params(config, a.name), a.out_model, a.threads, a.log)
+    main(entry["path"], fetch_params(config, entry["dataset"])["out_dir"], external_params(config, a.name), a.out_model, a.threads, a.log,
+         name=a.name)
 
 
 if __name__ == "__main__":
     if "snakemake" in globals():
         sm = snakemake  # noqa: F821
-        main(sm.input.checkpoint, sm.params.data_dir, sm.params.settings, sm.output[0], sm.threads, sm.log[0], sm.params.code)
+        main(sm.input.checkpoint, sm.params.data_dir, sm.params.settings, sm.output[0], sm.threads, sm.log[0], sm.params.code, sm.wildcards.method)
     else:
         cli()

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from advprune.checkpoint import load_model, load_torch, save_model
 from advprune.config import evaluate_params, export_params, prune_params, read_config_file, validate
 from advprune.data import load_meta, load_split
+from advprune.identity import expected_identity
 from advprune.interop import benchmark
 from advprune.interop.export import export_run
 from advprune.models import build_model
@@ -173,7 +174,7 @@ def test_an_export_evaluated_as_an_external_checkpoint_gives_the_same_record(dig
         _script("prune").main(str(dense), digits_dir, 0.5, 0, prune_params(config, method, dataset="digits"), str(pruned),
                               str(tmp_path / f"{method}.info"))
         _script("evaluate").main(str(pruned), digits_dir, "digits", "resnet18", 0, method, 0.5, evaluate_params(config), str(record),
-                                 labels={"impl": method})
+                                 labels={"impl": method}, expect=expected_identity(config, "resnet18", method, 0.5))
         items.append({**ids, "record": str(record), "model": str(pruned)})
     rows = export_run(items, tmp_path / "export", export_params(config))
 
@@ -182,9 +183,11 @@ def test_an_export_evaluated_as_an_external_checkpoint_gives_the_same_record(dig
         BaseResNet18(4, 1).load_state_dict(load_torch(exported)["state_dict"], strict=True)  # the benchmark's names and shapes
         params = {"layout": "benchmark", "arch": "resnet18", "model": {"width": 4}, "sparsity": json.load(open(item["record"]))["sparsity_measured"],
                   "sparsity_tolerance": 1e-9, "harp_alpha": 0.1, "source": "advprune export", "include_first_last": True}
-        _script("import_external").main(str(exported), digits_dir, params, str(tmp_path / "imported.pt"))
+        _script("import_external").main(str(exported), digits_dir, params, str(tmp_path / "imported.pt"), name="reimported")
+        # evaluated as the external row `reimported` of a run: the identity check takes its options from the external section
+        external = {**config, "external": {"reimported": {"model": {"width": 4}}}}
         _script("evaluate").main(str(tmp_path / "imported.pt"), digits_dir, "digits", "resnet18", 0, "reimported", 0.5, evaluate_params(config),
-                                 str(tmp_path / "again.json"))
+                                 str(tmp_path / "again.json"), expect=expected_identity(external, "resnet18", "reimported", params["sparsity"]))
         original, again = json.load(open(item["record"])), json.load(open(tmp_path / "again.json"))
         for key in ("clean_acc", "pgd_acc", "autoattack_acc", "autoattack_breakdown", "per_point", "points_sha256", "sparsity_measured", "structured",
                     "params_total", "flops_effective"):
