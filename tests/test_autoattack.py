@@ -1,6 +1,8 @@
 """Our AutoAttack and its parts, checked against the original (pyautoattack) on a tiny adversarially trained
 CNN for scikit-learn's 8x8 digits."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -339,3 +341,51 @@ def test_each_part_continues_inside_a_batch_to_the_uninterrupted_points(setup, t
     with torch.no_grad():
         broken = int((model(got).argmax(1) != y).sum())
     assert _broken_so_far(name, states[0], x) < broken < len(y), "no point broken after the first kill: the comparison would be vacuous"
+
+
+def _other(change, model, x, y):
+    """The attack, points and labels of a run that differs from rehearsal(model)(x, y) in one thing."""
+    if change == "seed":
+        return rehearsal(model, seed=1), x, y
+    if change == "points":
+        x = x.clone()
+        x[0, 0, 3, 3] = 1 - x[0, 0, 3, 3]
+        return rehearsal(model), x, y
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other[-1].bias[0] += 1e-4
+    return rehearsal(other), x, y
+
+
+@pytest.mark.parametrize("change", ["seed", "points", "model"])
+def test_a_state_written_for_other_settings_points_or_a_model_is_set_aside(setup, tmp_path, caplog, change):
+    model, x, y = setup
+    x, y, path = x[:32], y[:32], tmp_path / "aa.state.pt"
+    with pytest.raises(Killed):
+        rehearsal(model)(x, y, KillAfter(path, kills=[3]))
+    written = path.read_bytes()
+    attack, x, y = _other(change, model, x, y)
+    result = attack(x, y, AttackState(path))
+    assert same_points(result, attack(x, y))  # started afresh
+    assert (tmp_path / "aa.state.pt.stale").read_bytes() == written  # set aside, not overwritten
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert f"written for another {'settings' if change == 'seed' else change}" in warning and "moved aside" in warning
+
+
+@pytest.mark.parametrize("damage", ["truncated", "inconsistent"])
+def test_an_unreadable_state_or_one_that_does_not_fit_the_points_is_set_aside(setup, tmp_path, caplog, damage):
+    model, x, y = setup
+    x, y, path = x[:32], y[:32], tmp_path / "aa.state.pt"
+    with pytest.raises(Killed):
+        rehearsal(model)(x, y, KillAfter(path, kills=[3]))
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    else:  # the same key, but a point misclassified on clean inputs marked robust: never half-used
+        state = load_torch(path)
+        state["robust"] = state["robust"] | ~state["clean_correct"]
+        save_torch(state, path)
+    damaged = path.read_bytes()
+    assert same_points(rehearsal(model)(x, y, AttackState(path)), rehearsal(model)(x, y))
+    assert (tmp_path / "aa.state.pt.unreadable").read_bytes() == damaged
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert {"truncated": "truncated or corrupt", "inconsistent": "does not fit these points"}[damage] in warning
