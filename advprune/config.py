@@ -490,4 +490,5 @@ def evaluate_params(config: dict) -> dict:
     # How often AutoAttack saves its state changes no result: kept out, so changing it re-runs nothing (the rule's
     # `resume` param carries it).
     evaluate = {**config["evaluate"], "autoattack": {k: v for k, v in config["evaluate"]["autoattack"].items() if k != "state_every"}}
-    return _canonical({"threat_model": config["threat_model"], "evaluate": evaluate, "include_first_last": config["prune"]["include_first_last"], "device": config["device"]})
+    return _canonical({"threat_model": config["threat_model"], "evaluate": evaluate, "include_first_last": config["prune"]["include_first_last"],
+                       "device": config["device"]})

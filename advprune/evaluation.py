@@ -104,8 +104,8 @@ def to_bits(correct: torch.Tensor) -> str:
     return correct.cpu().to(torch.uint8).add(ord("0")).numpy().tobytes().decode("ascii")
 
 
-def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, pgd: dict, autoattack: dict, batch_size: int, fold_batchnorm: bool = True,
-               resume: dict | None = None, code: str | None = None) -> dict:
+def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, pgd: dict, autoattack: dict, batch_size: int,
+               fold_batchnorm: bool = True, resume: dict | None = None, code: str | None = None) -> dict:
     """Clean, PGD and AutoAttack accuracy over `split` (an ArraySplit on the model's device).
 
     `per_point` holds each metric's per-point correctness as a '0'/'1' string in the split's order, and

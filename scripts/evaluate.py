@@ -12,7 +12,8 @@ from advprune.provenance import provenance
 from advprune.verification import record_fields
 
 
-def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, out_json, threads=1, log=None, code_hash=None, labels=None, resume=None):
+def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, out_json, threads=1, log=None, code_hash=None, labels=None,
+         resume=None):
     """`labels`: fields recorded beside the identifiers (method implementation, a study's variant); `resume`:
     {"path", "every"} of the AutoAttack state a killed run continues from (removed once the record is written)."""
     started = time.time()
@@ -24,8 +25,8 @@ def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, ou
     # the dense reference: the checkpoint's architecture at full width (only its shapes and speed matter)
     stats = model_statistics(model, (meta["channels"], *meta["image_size"]), params["include_first_last"], dense=build_dense(ckpt, device),
                              latency=cfg["latency"])
-    scores = robustness(model, split, meta["n_classes"], threat["eps"], threat["norm"], cfg["pgd"], cfg["autoattack"], cfg["batch_size"], cfg["fold_batchnorm"],
-                        resume, code_hash)
+    scores = robustness(model, split, meta["n_classes"], threat["eps"], threat["norm"], cfg["pgd"], cfg["autoattack"], cfg["batch_size"],
+                        cfg["fold_batchnorm"], resume, code_hash)
     # certificates on the same points and the same (folded) network as the attacks; null + a log line when off/unsupported
     verified, certified = record_fields(model, split.float_x(), split.y, threat["eps"], cfg["verify"], cfg["fold_batchnorm"])
     if certified is not None:
@@ -61,8 +62,8 @@ def cli(argv=None):
 
     config = load_config(a.config, None if a.method == "dense" else a.method)
     resume = {"path": a.resume, "every": config["evaluate"]["autoattack"]["state_every"]} if a.resume else None
-    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.dataset, a.arch, a.seed, a.method, a.sparsity, evaluate_params(config), a.out, a.threads, a.log,
-         resume=resume)
+    main(a.model, fetch_params(config, a.dataset)["out_dir"], a.dataset, a.arch, a.seed, a.method, a.sparsity, evaluate_params(config), a.out,
+         a.threads, a.log, resume=resume)
 
 
 if __name__ == "__main__":

@@ -94,8 +94,10 @@ class AutoAttack:
           original's order) that broke it (FAB-T draws nothing at random, so the targets do not interact);
         - FAB-T's "is the iterate adversarial?" pass also serves the next gradient when no point moved;
         - Square skips the cross-entropy and query counts it computes but never uses with the margin loss;
-        - the sanity checks of `run_standard_evaluation` (randomised defence, probability outputs, ...) and
-          its state file are left out; the model must output logits;
+        - the sanity checks of `run_standard_evaluation` (randomised defence, probability outputs, ...) are left
+          out; the model must output logits;
+        - its state file (robust flags and the parts run) is replaced by ours (`state=`, advprune.attacks.state),
+          which also keeps the adversarial inputs, stops inside a part, and continues to the uninterrupted result;
         - with `seed=None` it seeds from the clock; here the seed is an int, and since every part calls
           `torch.manual_seed` (which also reseeds CUDA), the call runs inside `torch.random.fork_rng` so the
           caller's RNG stream is left as it was.
@@ -199,7 +201,8 @@ class AutoAttack:
         run = self._resume(state, key, x, y, names) if state is not None else None
         if run is None:
             clean_correct = self._predict(x) == y
-            run = _Progress(clean_correct, clean_correct.clone(), x.clone(), {"clean": clean_correct.float().mean().item()}, {}, 0, 0, clean_correct.clone())
+            accuracy = {"clean": clean_correct.float().mean().item()}
+            run = _Progress(clean_correct, clean_correct.clone(), x.clone(), accuracy, {}, part=0, batch=0, part_robust=clean_correct.clone())
             self._log("clean", run.robust_after["clean"], 0.0)
         if self.square is not None:
             self.square.set_device(x.device)
@@ -311,7 +314,8 @@ class _Progress:
         inner = saved["inner"]
         if inner is not None and (part == len(names) or not isinstance(inner, dict)):
             raise ValueError("loop state where there is no loop")
-        return cls(clean_correct, robust, x_adv, dict(saved["robust_after"]), dict(saved["seconds"]), part, batch, part_robust, _to_device(inner, x.device))
+        return cls(clean_correct, robust, x_adv, dict(saved["robust_after"]), dict(saved["seconds"]), part, batch, part_robust,
+                   _to_device(inner, x.device))
 
 
 def _to_device(value, device):

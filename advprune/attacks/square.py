@@ -46,7 +46,8 @@ def _margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return y_corr - logits.max(dim=-1)[0]
 
 
-def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n_queries: int = N_QUERIES, checkpoint: Checkpoint | None = None) -> torch.Tensor:
+def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n_queries: int = N_QUERIES,
+               checkpoint: Checkpoint | None = None) -> torch.Tensor:
     """With `checkpoint`, it can stop and continue between queries: the best points, their margins and the
     generator's state, from which the next query's window and signs are drawn."""
     c, h, w = x.shape[1:]
@@ -84,7 +85,8 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
         if (margin_min <= 0.0).all():  # the original stops once every point is misclassified
             break
         if checkpoint is not None:
-            checkpoint.save(lambda: {"query": i_iter + 1, "x_best": x_best, "margin_min": margin_min, "loss_min": loss_min, "rng": torch.get_rng_state()})
+            checkpoint.save(lambda: {"query": i_iter + 1, "x_best": x_best, "margin_min": margin_min, "loss_min": loss_min,
+                                     "rng": torch.get_rng_state()})
     return x_best
 
 
