@@ -500,7 +500,11 @@ def finetune_params(config: dict, key: str | None = None, mode: str | None = Non
 
 
 def evaluate_params(config: dict) -> dict:
-    return _canonical({"threat_model": config["threat_model"], "evaluate": config["evaluate"], "include_first_last": config["prune"]["include_first_last"], "device": config["device"]})
+    # How often AutoAttack saves its state changes no result: kept out, so changing it re-runs nothing (the rule's
+    # `resume` param carries it).
+    evaluate = {**config["evaluate"], "autoattack": {k: v for k, v in config["evaluate"]["autoattack"].items() if k != "state_every"}}
+    return _canonical({"threat_model": config["threat_model"], "evaluate": evaluate, "include_first_last": config["prune"]["include_first_last"],
+                       "device": config["device"]})
 
 
 # --- checkpoints made elsewhere, and exports to the field's formats (advprune/interop) ---------------------------

@@ -104,7 +104,8 @@ def to_bits(correct: torch.Tensor) -> str:
     return correct.cpu().to(torch.uint8).add(ord("0")).numpy().tobytes().decode("ascii")
 
 
-def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, pgd: dict, autoattack: dict, batch_size: int, fold_batchnorm: bool = True) -> dict:
+def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, pgd: dict, autoattack: dict, batch_size: int,
+               fold_batchnorm: bool = True, resume: dict | None = None, code: str | None = None) -> dict:
     """Clean, PGD and AutoAttack accuracy over `split` (an ArraySplit on the model's device).
 
     `per_point` holds each metric's per-point correctness as a '0'/'1' string in the split's order, and
@@ -115,10 +116,17 @@ def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, p
     fast CPU kernel, bit-identical); with `fold_batchnorm` also BatchNorm folded into the convolutions: the
     same function up to float rounding, with a third fewer kernels per call, which is what the ~7,000
     sequential model calls of standard AutoAttack on a small network spend their time on.
+
+    `resume` ({"path", "every"}): AutoAttack saves its progress to that file at most every `every` seconds and
+    continues from it after a kill, to the same per-point result (advprune.attacks.state); the state is keyed
+    by the attack's own fingerprint and `code` (the evaluation's code hash). The caller removes the file once
+    the record is written. Clean accuracy and PGD are not saved: both are seeded, so a rerun reproduces them,
+    and they cost a few percent of the evaluation (PGD's steps against AutoAttack's ~7,000 calls).
     """
     if norm != "Linf":
         raise NotImplementedError("only the Linf threat model is evaluated so far")
     from advprune.attacks.autoattack import AutoAttack
+    from advprune.attacks.state import AttackState
 
     model = AttackView(model.eval(), fold_batchnorm).refresh()
     x, y = split.float_x(), split.y
@@ -136,7 +144,8 @@ def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, p
 
     started = time.time()
     aa = AutoAttack(model, norm=norm, eps=eps, n_classes=n_classes, version=autoattack.get("version", "standard"), seed=autoattack.get("seed", 0), batch_size=batch_size)
-    result = aa(x, y)
+    state = None if resume is None else AttackState(resume["path"], resume["every"], identity={"evaluation_code": str(code)})
+    result = aa(x, y, state)
     seconds["autoattack"] = time.time() - started
     points = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes() + y.detach().cpu().numpy().tobytes()).hexdigest()
     return {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from advprune.checkpoint import build_dense, load_model, write_json
 from advprune.data import data_sha256, load_meta, load_split
-from advprune.entry import load_config, parser, refuse, start_job
+from advprune.entry import load_config, parser, refuse, remove_resume_state, start_job
 from advprune.evaluation import model_statistics, robustness, to_bits
 from advprune.identity import check_model, expected_identity
 from advprune.provenance import provenance
@@ -15,9 +15,10 @@ from advprune.verification import record_fields
 
 
 def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, out_json, threads=1, log=None, code_hash=None, labels=None,
-         expect=None):
+         expect=None, resume=None):
     """`labels`: fields recorded beside the identifiers (method implementation, a study's variant); `expect`: what
-    the path and config say the model is (advprune.identity.expected_identity)."""
+    the path and config say the model is (advprune.identity.expected_identity); `resume`: {"path", "every"} of the
+    AutoAttack state a killed run continues from (removed once the record is written)."""
     started = time.time()
     device = start_job(log, threads, params["device"])
     cfg, threat = params["evaluate"], params["threat_model"]
@@ -28,7 +29,8 @@ def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, ou
     # the dense reference: the checkpoint's architecture at full width (only its shapes and speed matter)
     stats = model_statistics(model, (meta["channels"], *meta["image_size"]), params["include_first_last"], dense=build_dense(ckpt, device),
                              latency=cfg["latency"])
-    scores = robustness(model, split, meta["n_classes"], threat["eps"], threat["norm"], cfg["pgd"], cfg["autoattack"], cfg["batch_size"], cfg["fold_batchnorm"])
+    scores = robustness(model, split, meta["n_classes"], threat["eps"], threat["norm"], cfg["pgd"], cfg["autoattack"], cfg["batch_size"],
+                        cfg["fold_batchnorm"], resume, code_hash)
     # certificates on the same points and the same (folded) network as the attacks; null + a log line when off/unsupported
     verified, certified = record_fields(model, split.float_x(), split.y, threat["eps"], cfg["verify"], cfg["fold_batchnorm"])
     if certified is not None:
@@ -45,6 +47,8 @@ def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, ou
         "model_provenance": ckpt["meta"].get("provenance"),
     }
     write_json(record, out_json)
+    if resume is not None:
+        remove_resume_state(resume["path"])
 
 
 def model_report(meta: dict) -> dict:
@@ -78,12 +82,14 @@ def cli(argv=None):
     p.add_argument("--sparsity", type=fraction, default=0.0)
     p.add_argument("--seed", type=schema_arg("seeds", 0), default=0)
     p.add_argument("--out", required=True, help="JSON record")
+    p.add_argument("--resume", help="AutoAttack state file, kept outside the outputs: a killed run continues from it")
     a = p.parse_args(argv)
     from advprune.config import evaluate_params, fetch_params
 
     config = load_config(a.config, None if a.method == "dense" else a.method)
+    resume = {"path": a.resume, "every": config["evaluate"]["autoattack"]["state_every"]} if a.resume else None
     main(a.model, fetch_params(config, a.dataset)["out_dir"], a.dataset, a.arch, a.seed, a.method, a.sparsity, evaluate_params(config), a.out,
-         a.threads, a.log, expect=expected_identity(config, a.arch, a.method, a.sparsity))
+         a.threads, a.log, expect=expected_identity(config, a.arch, a.method, a.sparsity), resume=resume)
 
 
 if __name__ == "__main__":
@@ -92,6 +98,7 @@ if __name__ == "__main__":
         w = sm.wildcards
         method, sparsity = w.get("method", "dense"), float(w.get("sparsity", 0))
         main(sm.input.model, sm.params.data_dir, w.dataset, w.arch, int(w.seed), method, sparsity, sm.params.settings,
-             sm.output[0], sm.threads, sm.log[0], sm.params.code, sm.params.labels, expect=expected_identity(sm.config, w.arch, method, sparsity))
+             sm.output[0], sm.threads, sm.log[0], sm.params.code, sm.params.labels, expect=expected_identity(sm.config, w.arch, method, sparsity),
+             resume=sm.params.resume)
     else:
         cli()

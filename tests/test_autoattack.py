@@ -1,6 +1,8 @@
 """Our AutoAttack and its parts, checked against the original (pyautoattack) on a tiny adversarially trained
 CNN for scikit-learn's 8x8 digits."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -12,6 +14,8 @@ from advprune.attacks.apgd import apgd_ce, apgd_targeted
 from advprune.attacks.autoattack import AutoAttack
 from advprune.attacks.fab import fab_targeted
 from advprune.attacks.square import square_linf
+from advprune.attacks.state import AttackState, Checkpoint
+from advprune.checkpoint import load_torch, save_torch
 
 torch.set_num_threads(2)
 
@@ -203,3 +207,185 @@ def test_target_classes_with_few_classes(setup):
         AutoAttack(model, n_classes=10)(x[:5], y[:5])
     with pytest.raises(ValueError, match="at least 4 classes"):
         AutoAttack(model, n_classes=3)
+
+
+# Resuming after a kill (advprune.attacks.state): the state is saved at every point the attack can continue from
+# (every=0), a kill is simulated right after chosen saves (the file is complete then: save_torch is atomic), and
+# the run continued from the file must end with an uninterrupted run's points.
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAfter(AttackState):
+    """Saves at every point the attack can continue from; records where each save was made and stops the attack
+    right after the saves numbered in `kills` (counted over every run on this file)."""
+
+    def __init__(self, path, kills=(), saves=None):
+        super().__init__(path, every=0)
+        self.kills, self.saves = set(kills), [] if saves is None else saves
+
+    def save(self, key, progress):
+        super().save(key, progress)
+        self.saves.append(_where(progress))
+        if len(self.saves) in self.kills:
+            raise Killed
+
+
+def _where(progress) -> tuple:
+    """Which part a save was made in, and where in it: between batches, or which loop inside a batch."""
+    inner = progress["inner"]
+    if progress["part"] == len(ORDER) - 1:
+        return ("done",)
+    if inner is None:
+        return ORDER[1 + progress["part"]], "between batches"
+    loops = "targets" if "target" in inner else "queries" if "query" in inner else "iterations" if inner["run"] is not None else "chunks"
+    return ORDER[1 + progress["part"]], f"between {loops}"
+
+
+def rehearsal(model, max_batch=100, seed=0):
+    # small batches and chunks: several batches per part and several FAB-T chunks per batch
+    return AutoAttack(model, eps=EPS, seed=seed, version="rehearsal", batch_size=64, max_batch=max_batch, log_progress=False)
+
+
+def same_points(a, b) -> bool:
+    return torch.equal(a.robust, b.robust) and torch.equal(a.x_adv, b.x_adv) and torch.equal(a.clean_correct, b.clean_correct) \
+        and a.robust_after == b.robust_after
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup, tmp_path_factory):
+    """The rehearsal run on 200 points, once without a state and once saving at every point it can continue from."""
+    model, x, y = setup
+    plain = rehearsal(model)(x, y)
+    state = KillAfter(tmp_path_factory.mktemp("state") / "aa.state.pt")
+    assert same_points(rehearsal(model)(x, y, state), plain)  # saving changes nothing
+    return plain, state.saves
+
+
+def test_a_killed_autoattack_continues_to_the_points_of_an_uninterrupted_run(setup, uninterrupted, tmp_path, caplog):
+    """Killed at the first save of every kind (between batches of each part, between APGD-T's targets, FAB-T's
+    chunks and iterations, Square's queries, and once done), each time continued from the file."""
+    model, x, y = setup
+    plain, saves = uninterrupted
+    first = {}
+    for number, where in enumerate(saves, 1):
+        first.setdefault(where, number)
+    assert set(first) >= {("apgd-ce", "between batches"), ("apgd-t", "between targets"), ("fab-t", "between chunks"), ("fab-t", "between iterations"),
+                          ("square", "between queries"), ("done",)}, first
+    accs = list(plain.robust_after.values())
+    assert accs[1] < accs[0] and accs[2] < accs[1] and accs[3] < accs[2], "points must break after the kills in APGD-CE, APGD-T and FAB-T"
+
+    path, saves_so_far, result, runs = tmp_path / "aa.state.pt", [], None, 0
+    caplog.set_level("INFO", "advprune.attacks.autoattack")
+    while result is None:
+        runs += 1
+        try:
+            result = rehearsal(model)(x, y, KillAfter(path, first.values(), saves_so_far))
+        except Killed:
+            assert path.exists()
+    assert runs == len(first) + 1
+    assert same_points(result, plain)
+    assert saves_so_far == saves  # the continued runs saved at the same points as the uninterrupted one
+    assert sum("AutoAttack: resumed from" in r.getMessage() for r in caplog.records) == len(first)
+
+
+def _broken_so_far(name: str, inner: dict, x: torch.Tensor) -> int:
+    """Points a part has broken by the time it saved `inner` (all of x correctly classified)."""
+    if name == "apgd-t":
+        return int((~inner["acc"]).sum())
+    if name == "square":
+        return int((inner["margin_min"] <= 0).sum())
+    m = len(inner["found"]) // len(x)  # FAB-T: each (target, point) run's distance to the closest point found
+    dist = (inner["x_found"] - x.repeat(m, 1, 1, 1)).flatten(1).abs().amax(1)
+    dist[~inner["found"]] = float("inf")
+    if inner["run"] is not None:
+        dist[inner["chunk"] * 40: (inner["chunk"] + 1) * 40] = inner["run"]["res2"]
+    return int((dist.view(m, -1) <= EPS).any(0).sum())
+
+
+@pytest.mark.parametrize("name", ["apgd-t", "fab-t", "square"])
+def test_each_part_continues_inside_a_batch_to_the_uninterrupted_points(setup, tmp_path, name):
+    """Killed at its first save and again halfway, each time continued from the state written to a file, a part
+    returns the points of the uninterrupted part; it continues (it makes only the remaining saves) and breaks
+    points after the first kill, so a continuation that ignored the saved loop or its random state would show."""
+    model, x, y = setup
+    part = rehearsal(model, max_batch=40).attacks[name]  # 18 chunks of FAB-T's 9 x 80 (target, point) runs
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    x, y = x[correct][:80], y[correct][:80]
+    model.requires_grad_(False)
+    try:
+        saves = []
+        plain = part(x, y, Checkpoint(None, lambda make: saves.append(make())))
+        kills, states, path = [1, len(saves) // 2], [], tmp_path / "part.state.pt"
+        resumed, made = None, 0
+        while True:
+            def save(make):
+                nonlocal made
+                made += 1
+                if made in kills:
+                    save_torch(make(), path)
+                    raise Killed
+            try:
+                got = part(x, y, Checkpoint(resumed, save))
+                break
+            except Killed:
+                resumed = load_torch(path)
+                states.append(load_torch(path))  # the continuation updates `resumed` in place
+    finally:
+        model.requires_grad_(True)
+    assert made == len(saves) and len(states) == 2
+    assert torch.equal(got, plain)
+    with torch.no_grad():
+        broken = int((model(got).argmax(1) != y).sum())
+    assert _broken_so_far(name, states[0], x) < broken < len(y), "no point broken after the first kill: the comparison would be vacuous"
+
+
+def _other(change, model, x, y):
+    """The attack, points and labels of a run that differs from rehearsal(model)(x, y) in one thing."""
+    if change == "seed":
+        return rehearsal(model, seed=1), x, y
+    if change == "points":
+        x = x.clone()
+        x[0, 0, 3, 3] = 1 - x[0, 0, 3, 3]
+        return rehearsal(model), x, y
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other[-1].bias[0] += 1e-4
+    return rehearsal(other), x, y
+
+
+@pytest.mark.parametrize("change", ["seed", "points", "model"])
+def test_a_state_written_for_other_settings_points_or_a_model_is_set_aside(setup, tmp_path, caplog, change):
+    model, x, y = setup
+    x, y, path = x[:32], y[:32], tmp_path / "aa.state.pt"
+    with pytest.raises(Killed):
+        rehearsal(model)(x, y, KillAfter(path, kills=[3]))
+    written = path.read_bytes()
+    attack, x, y = _other(change, model, x, y)
+    result = attack(x, y, AttackState(path))
+    assert same_points(result, attack(x, y))  # started afresh
+    assert (tmp_path / "aa.state.pt.stale").read_bytes() == written  # set aside, not overwritten
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert f"written for another {'settings' if change == 'seed' else change}" in warning and "moved aside" in warning
+
+
+@pytest.mark.parametrize("damage", ["truncated", "inconsistent"])
+def test_an_unreadable_state_or_one_that_does_not_fit_the_points_is_set_aside(setup, tmp_path, caplog, damage):
+    model, x, y = setup
+    x, y, path = x[:32], y[:32], tmp_path / "aa.state.pt"
+    with pytest.raises(Killed):
+        rehearsal(model)(x, y, KillAfter(path, kills=[3]))
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    else:  # the same key, but a point misclassified on clean inputs marked robust: never half-used
+        state = load_torch(path)
+        state["robust"] = state["robust"] | ~state["clean_correct"]
+        save_torch(state, path)
+    damaged = path.read_bytes()
+    assert same_points(rehearsal(model)(x, y, AttackState(path)), rehearsal(model)(x, y))
+    assert (tmp_path / "aa.state.pt.unreadable").read_bytes() == damaged
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert {"truncated": "truncated or corrupt", "inconsistent": "does not fit these points"}[damage] in warning

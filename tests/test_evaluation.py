@@ -1,16 +1,26 @@
+import importlib.util
 import json
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 import torch
 import torch.nn as nn
 
 from advprune.attacks import PGD
 from advprune.checkpoint import load_model, load_torch, save_model, save_torch
+from advprune.config import evaluate_params, validate
+from advprune.data import load_meta, load_split
 from advprune.evaluation import count_flops, model_statistics
 from advprune.models import build_model
 from advprune.provenance import provenance
 from advprune.sensitivity import module_sensitivity
+
+from conftest import PYTHON, REPO, env_with_repo
 
 
 def test_flops_count_conv_and_linear_macs_and_skip_zero_weights():
@@ -96,7 +106,6 @@ def test_provenance_names_code_config_packages_seed_and_device():
 
 
 def test_robustness_records_per_point_results_that_give_its_accuracies(digits_dir):
-    from advprune.data import load_split
     from advprune.evaluation import robustness
     from advprune.stats import from_bits
 
@@ -117,3 +126,55 @@ def test_robustness_records_per_point_results_that_give_its_accuracies(digits_di
     # Other points give another hash.
     other = load_split(digits_dir, "val", n=8)
     assert robustness(model, other, 10, 0.05, "Linf", pgd, aa, 64)["points_sha256"] != scores["points_sha256"]
+
+
+def test_a_killed_evaluation_continues_autoattack_to_the_record_of_an_uninterrupted_one(digits_dir, tmp_path):
+    """SIGKILL during AutoAttack (its state saved at every point it can continue from), then the same job again:
+    the record's per-point results are an uninterrupted run's, and the state is gone once the record is written."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1, (8, 8), width=8)
+    train = load_split(digits_dir, "train")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(1):  # a natural model that keeps some points through APGD-CE's first batch at eps 0.03
+        for xb, yb in train.batches(64, shuffle=True, generator=torch.Generator().manual_seed(0)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+    save_model(tmp_path / "m.pt", model, "small_cnn", {"width": 8}, load_meta(digits_dir))
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["data"]["root"] = str(Path(digits_dir).parent)
+    config["threat_model"]["eps"] = 0.03
+    config["evaluate"].update(n_examples=48, batch_size=8, verify=None, latency=None, pgd={"steps": 2, "restarts": 1, "step_size": 0.02},
+                              autoattack={"version": "rehearsal", "seed": 0, "state_every": 0})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    validate(config)
+
+    spec = importlib.util.spec_from_file_location("evaluate", REPO / "scripts/evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(str(tmp_path / "m.pt"), digits_dir, "digits", "small_cnn", 0, "dense", 0, evaluate_params(config), str(tmp_path / "straight.json"))
+
+    state = tmp_path / "resume" / "e.json.state.pt"
+    cmd = [PYTHON, str(REPO / "scripts/evaluate.py"), "--config", str(tmp_path / "config.yaml"), "--dataset", "digits", "--arch", "small_cnn",
+           "--model", str(tmp_path / "m.pt"), "--out", str(tmp_path / "e.json"), "--resume", str(state)]
+    proc = subprocess.Popen(cmd, env=env_with_repo(), cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not state.exists():
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "e.json").exists()
+    killed = load_torch(state)
+    assert killed["part"] < 4, "AutoAttack finished before the kill"
+
+    # the same job again (in this process: one torch import fewer)
+    script.main(str(tmp_path / "m.pt"), digits_dir, "digits", "small_cnn", 0, "dense", 0, evaluate_params(config), str(tmp_path / "e.json"),
+                log=str(tmp_path / "e.log"), resume={"path": str(state), "every": 0})
+    assert f"AutoAttack: resumed from {state}" in (tmp_path / "e.log").read_text()
+    straight, record = (json.loads((tmp_path / name).read_text()) for name in ("straight.json", "e.json"))
+    assert record["per_point"] == straight["per_point"] and record["autoattack_breakdown"] == straight["autoattack_breakdown"]
+    broken_at_kill = int((killed["clean_correct"] & ~killed["robust"]).sum())
+    broken = straight["per_point"]["autoattack"].count("0") - straight["per_point"]["clean"].count("0")
+    assert broken_at_kill < broken, "nothing broken after the kill: the comparison would be vacuous"
+    assert straight["autoattack_acc"] > 0, "everything broken: the comparison would be vacuous"
+    assert not state.exists()

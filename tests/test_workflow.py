@@ -123,6 +123,7 @@ def _with_config(repo, tmp_name, edit):
         # every evaluation; the studies' records shared with the main grid are its own (no second AutoAttack run)
         (lambda c: c["evaluate"]["pgd"].update(steps=11), {"evaluate": 21, **STUDY_EVALS, **TAIL}),
         (lambda c: c["report"].update(dpi=81), {"report": 1, "all": 1}),
+        (lambda c: c["evaluate"]["autoattack"].update(state_every=60), {}),  # how often AutoAttack saves its state changes no result
         (lambda c: c["finetune"].update(lr=0.02), {"finetune": 20, "study_finetune": 4, "study_objectives_finetune": 2, "evaluate": 20,
                                                    "study_finetune_evaluate": 4, "study_objectives_evaluate": 2, **TAIL}),
         (lambda c: c["prune"]["methods"]["random"].update(method="random"), {}),  # same settings, spelled out
@@ -130,7 +131,7 @@ def _with_config(repo, tmp_name, edit):
         (lambda c: c["prune"]["methods"]["hydra"].update(epochs=2), {"prune": 2, "finetune": 2, "evaluate": 2, **TAIL}),
         (lambda c: c["pretrain"].update(epochs=5), EVERYTHING_AFTER_FETCH),
     ],
-    ids=["eval-setting", "plot-setting", "finetune-setting", "no-op", "new-sparsity", "one-method", "pretrain-setting"],
+    ids=["eval-setting", "plot-setting", "aa-state-interval", "finetune-setting", "no-op", "new-sparsity", "one-method", "pretrain-setting"],
 )
 def test_a_config_change_reruns_only_what_it_affects(run_dir, edit, expected):
     name = _with_config(run_dir, "changed.yaml", edit)

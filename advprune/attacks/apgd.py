@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from advprune.attacks.state import Checkpoint
+
 N_ITER = 100
 RHO = 0.75
 
@@ -170,13 +172,17 @@ def apgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm
 
 @torch.no_grad()
 def apgd_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, seed: int, n_targets: int, max_batch: int,
-                  n_iter: int = N_ITER) -> torch.Tensor:
+                  n_iter: int = N_ITER, checkpoint: Checkpoint | None = None) -> torch.Tensor:
     """The original's `APGDAttack_targeted(n_restarts=1, n_target_classes=n_targets).perturb(x, y)`: one target
-    class after another (the 2nd-, 3rd-, ... most likely on the clean input), each on the points still robust."""
-    acc = model(x).max(1)[1] == y
-    adv = x.clone()
+    class after another (the 2nd-, 3rd-, ... most likely on the clean input), each on the points still robust.
+    With `checkpoint`, it can stop and continue between target classes; each target's random start comes from
+    the generator where the previous one left it, so that state is saved with the results so far."""
+    resumed = checkpoint.resumed if checkpoint is not None else None
+    acc, adv, first = (model(x).max(1)[1] == y, x.clone(), 0) if resumed is None else (resumed["acc"], resumed["adv"], resumed["target"])
     torch.manual_seed(seed)
-    for k in range(n_targets):
+    if resumed is not None:
+        torch.set_rng_state(resumed["rng"])
+    for k in range(first, n_targets):
         idx = acc.nonzero().flatten()
         if not len(idx):
             break
@@ -185,4 +191,6 @@ def apgd_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
         acc_sub, adv_sub = _chunked_run(model, x_sub, y_sub, random_start(x_sub, eps, norm), eps, norm, dlr_targeted_loss, target, max_batch, n_iter)
         acc[idx[~acc_sub]] = False
         adv[idx[~acc_sub]] = adv_sub[~acc_sub]
+        if checkpoint is not None:
+            checkpoint.save(lambda: {"target": k + 1, "acc": acc, "adv": adv, "rng": torch.get_rng_state()})
     return adv

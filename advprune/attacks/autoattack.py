@@ -11,9 +11,12 @@ measures it against the original (`pyautoattack`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -22,6 +25,8 @@ import torchattacks
 from advprune.attacks.apgd import apgd_ce, apgd_targeted
 from advprune.attacks.fab import fab_targeted
 from advprune.attacks.square import square_linf
+from advprune.attacks.state import AttackState, Checkpoint
+from advprune.codehash import code_hash
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +94,10 @@ class AutoAttack:
           original's order) that broke it (FAB-T draws nothing at random, so the targets do not interact);
         - FAB-T's "is the iterate adversarial?" pass also serves the next gradient when no point moved;
         - Square skips the cross-entropy and query counts it computes but never uses with the margin loss;
-        - the sanity checks of `run_standard_evaluation` (randomised defence, probability outputs, ...) and
-          its state file are left out; the model must output logits;
+        - the sanity checks of `run_standard_evaluation` (randomised defence, probability outputs, ...) are left
+          out; the model must output logits;
+        - its state file (robust flags and the parts run) is replaced by ours (`state=`, advprune.attacks.state),
+          which also keeps the adversarial inputs, stops inside a part, and continues to the uninterrupted result;
         - with `seed=None` it seeds from the clock; here the seed is an int, and since every part calls
           `torch.manual_seed` (which also reseeds CUDA), the call runs inside `torch.random.fork_rng` so the
           caller's RNG stream is left as it was.
@@ -137,14 +144,20 @@ class AutoAttack:
         n_iter, n_queries = VERSIONS[version]
         # Square with L2 stays torchattacks' (see the class docstring); with Linf it is ours.
         self.square = None if norm == "Linf" else torchattacks.Square(model, n_queries=5000, n_restarts=1, p_init=0.8, loss="margin", resc_schedule=False, norm=norm, eps=self.eps, seed=self.seed)
+        # Each part takes (x, y, checkpoint=None): a Checkpoint lets it save and resume inside a batch (APGD-CE and
+        # torchattacks' Square stop only between batches).
         self.attacks = {
-            "apgd-ce": lambda x, y: apgd_ce(model, x, y, eps, norm, seed, chunk, n_iter),
-            "apgd-t": lambda x, y: apgd_targeted(model, x, y, eps, norm, seed, targets, chunk, n_iter),
-            "fab-t": lambda x, y: fab_targeted(model, x, y, eps, norm, targets, chunk, n_iter),
-            "square": (lambda x, y: square_linf(model, x, y, eps, seed, n_queries)) if self.square is None else self.square,
+            "apgd-ce": lambda x, y, checkpoint=None: apgd_ce(model, x, y, eps, norm, seed, chunk, n_iter),
+            "apgd-t": lambda x, y, checkpoint=None: apgd_targeted(model, x, y, eps, norm, seed, targets, chunk, n_iter, checkpoint),
+            "fab-t": lambda x, y, checkpoint=None: fab_targeted(model, x, y, eps, norm, targets, chunk, n_iter, checkpoint),
+            "square": (lambda x, y, checkpoint=None: square_linf(model, x, y, eps, seed, n_queries, checkpoint)) if self.square is None
+            else (lambda x, y, checkpoint=None: self.square(x, y)),
         }
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> AutoAttackResult:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, state: AttackState | None = None) -> AutoAttackResult:
+        """With `state`, the attack saves its progress there (advprune.attacks.state) and continues from a saved
+        state written for the same key (`fingerprint` and the state's identity) to the result of an uninterrupted
+        run; the caller removes the file once it has stored the result."""
         x, y = x.detach(), y.detach()
         if x.min() < 0 or x.max() > 1:
             raise ValueError("AutoAttack expects inputs in [0, 1]")
@@ -154,39 +167,91 @@ class AutoAttack:
             self.model.eval()
             self.model.requires_grad_(False)
             with torch.random.fork_rng(devices=range(torch.accelerator.device_count())):
-                return self._run(x, y)
+                return self._run(x, y, state)
         finally:
             self.model.train(was_training)
             for p, flag in zip(params, grad_flags):
                 p.requires_grad_(flag)
 
+    def fingerprint(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, str]:
+        """What the result depends on, the key a saved state must match: the settings, the points, the attacked
+        model's tensors, the attack code and the packages it runs on, and the device (a state written on another
+        GPU model is not continued: float rounding there may differ)."""
+        settings = {"norm": self.norm, "eps": self.eps, "n_classes": self.n_classes, "version": self.version, "seed": self.seed,
+                    "batch_size": self.batch_size, "max_batch": self.max_batch}
+        points = hashlib.sha256(_bytes(x) + _bytes(y)).hexdigest()
+        model = hashlib.sha256()
+        for name, tensor in self.model.state_dict().items():
+            model.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode() + _bytes(tensor))
+        device = f"cuda ({torch.cuda.get_device_name(x.device)})" if x.device.type == "cuda" else x.device.type
+        return {"settings": json.dumps(settings, sort_keys=True), "points": points, "model": model.hexdigest(), "code": code_hash(Path(__file__)),
+                "packages": f"torch {torch.__version__}, torchattacks {torchattacks.__version__}", "device": device}
+
     @torch.no_grad()
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.model(xb).argmax(1) for xb in x.split(self.batch_size)])
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor) -> AutoAttackResult:
+    def _run(self, x: torch.Tensor, y: torch.Tensor, state: AttackState | None) -> AutoAttackResult:
         with torch.no_grad():
             n_out = self.model(x[:1]).shape[1]
         if n_out != self.n_classes:
             raise ValueError(f"model outputs {n_out} classes, AutoAttack was built for n_classes={self.n_classes}")
-        clean_correct = self._predict(x) == y
-        robust, x_adv = clean_correct.clone(), x.clone()
-        robust_after, seconds = {"clean": robust.float().mean().item()}, {}
-        self._log("clean", robust_after["clean"], 0.0)
+        names = list(self.attacks)
+        key = {**self.fingerprint(x, y), **state.identity} if state is not None else None
+        run = self._resume(state, key, x, y, names) if state is not None else None
+        if run is None:
+            clean_correct = self._predict(x) == y
+            accuracy = {"clean": clean_correct.float().mean().item()}
+            run = _Progress(clean_correct, clean_correct.clone(), x.clone(), accuracy, {}, part=0, batch=0, part_robust=clean_correct.clone())
+            self._log("clean", run.robust_after["clean"], 0.0)
         if self.square is not None:
             self.square.set_device(x.device)
-        for name, attack in self.attacks.items():
-            start = time.perf_counter()
-            for idx in robust.nonzero().flatten().split(self.batch_size):
-                adv = attack(x[idx], y[idx])
+        for part in range(run.part, len(names)):
+            name = names[part]
+            if part != run.part:  # a new part: its batches are the points robust now
+                run.part, run.batch, run.part_robust = part, 0, run.robust.clone()
+            started = time.perf_counter() - run.seconds.get(name, 0.0)
+
+            def save(make_inner=None):
+                if state.due():
+                    run.seconds[name] = time.perf_counter() - started
+                    state.save(key, run.to_state(make_inner() if make_inner else None))
+
+            batches = run.part_robust.nonzero().flatten().split(self.batch_size)
+            for b in range(run.batch, len(batches)):
+                idx = batches[b]
+                checkpoint = Checkpoint(run.inner, save) if state is not None else None
+                run.inner = None
+                adv = self.attacks[name](x[idx], y[idx], checkpoint)
                 fooled = self._predict(adv) != y[idx]
-                robust[idx[fooled]] = False
-                x_adv[idx[fooled]] = adv[fooled]
-            seconds[name] = time.perf_counter() - start
-            robust_after[name] = robust.float().mean().item()
-            self._log(name, robust_after[name], seconds[name])
-        self._check_valid(x, x_adv)
-        return AutoAttackResult(x_adv, robust, clean_correct, robust_after, seconds)
+                run.robust[idx[fooled]] = False
+                run.x_adv[idx[fooled]] = adv[fooled]
+                run.batch = b + 1
+                if state is not None:
+                    save()
+            run.seconds[name] = time.perf_counter() - started
+            run.robust_after[name] = run.robust.float().mean().item()
+            self._log(name, run.robust_after[name], run.seconds[name])
+        if state is not None and run.part < len(names):  # done: a kill before the caller stores the result does not repeat the attack
+            run.part, run.batch = len(names), 0
+            state.save(key, run.to_state(None))
+        self._check_valid(x, run.x_adv)
+        return AutoAttackResult(run.x_adv, run.robust, run.clean_correct, run.robust_after, run.seconds)
+
+    def _resume(self, state: AttackState, key: dict, x: torch.Tensor, y: torch.Tensor, names: list[str]) -> _Progress | None:
+        saved = state.load(key)
+        if saved is None:
+            return None
+        try:
+            run = _Progress.from_state(saved, x, names, self.batch_size)
+            if not torch.equal(run.clean_correct, self._predict(x) == y):
+                raise ValueError("its clean predictions are not the model's")
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+            state.set_aside("unreadable", f"does not fit these points ({error})")
+            return None
+        where = "every part done" if run.part == len(names) else f"{names[run.part]}, batch {run.batch + 1}" + (" (inside it)" if run.inner else "")
+        log.info("AutoAttack: resumed from %s at %s; robust accuracy so far %.2f%%", state.path, where, 100 * run.robust.float().mean().item())
+        return run
 
     def _check_valid(self, x: torch.Tensor, x_adv: torch.Tensor) -> None:
         # The original only reports the largest perturbation; a violation here means a part is broken.
@@ -201,3 +266,60 @@ class AutoAttack:
     def _log(self, name: str, accuracy: float, seconds: float) -> None:
         if self.log_progress:
             log.info("%s: robust accuracy %.2f%% (%.1f s)", name, 100 * accuracy, seconds)
+
+
+def _bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+@dataclass
+class _Progress:
+    """Where a run stands; `to_state`/`from_state` convert it to and from a saved state (advprune.attacks.state)."""
+
+    clean_correct: torch.Tensor  # bool N
+    robust: torch.Tensor  # bool N
+    x_adv: torch.Tensor
+    robust_after: dict[str, float]  # "clean" and every finished part
+    seconds: dict[str, float]  # finished parts, and the running one so far
+    part: int  # index of the running part (len(parts) once done)
+    batch: int  # the running part's next batch
+    part_robust: torch.Tensor  # bool N: robust when the running part started, which fixes its batches
+    inner: dict | None = None  # the loop variables of a part stopped inside batch `batch`
+
+    def to_state(self, inner: dict | None) -> dict:
+        broken = self.clean_correct & ~self.robust  # x_adv differs from x only there
+        return {"part": self.part, "batch": self.batch, "clean_correct": self.clean_correct, "robust": self.robust, "part_robust": self.part_robust,
+                "x_adv_broken": self.x_adv[broken], "robust_after": self.robust_after, "seconds": self.seconds, "inner": inner}
+
+    @classmethod
+    def from_state(cls, saved: dict, x: torch.Tensor, names: list[str], batch_size: int) -> _Progress:
+        """Raises ValueError (or KeyError, TypeError) where the state does not fit the points."""
+        flags = [saved[k] for k in ("clean_correct", "robust", "part_robust")]
+        if any(f.dtype != torch.bool or tuple(f.shape) != (len(x),) for f in flags):
+            raise ValueError(f"flags for other than {len(x)} points")
+        clean_correct, robust, part_robust = (f.to(x.device) for f in flags)
+        if (robust & ~part_robust).any() or (part_robust & ~clean_correct).any():
+            raise ValueError("inconsistent robust flags")
+        broken = clean_correct & ~robust
+        rows = saved["x_adv_broken"]
+        if tuple(rows.shape) != (int(broken.sum()), *x.shape[1:]) or rows.dtype != x.dtype:
+            raise ValueError("adversarial inputs of another shape")
+        x_adv = x.clone()
+        x_adv[broken] = rows.to(x.device)
+        part, batch = int(saved["part"]), int(saved["batch"])
+        if not 0 <= part <= len(names) or list(saved["robust_after"]) != ["clean", *names[:part]]:
+            raise ValueError("parts out of order")
+        if not 0 <= batch <= -(-int(part_robust.sum()) // batch_size):
+            raise ValueError("batch out of range")
+        inner = saved["inner"]
+        if inner is not None and (part == len(names) or not isinstance(inner, dict)):
+            raise ValueError("loop state where there is no loop")
+        return cls(clean_correct, robust, x_adv, dict(saved["robust_after"]), dict(saved["seconds"]), part, batch, part_robust,
+                   _to_device(inner, x.device))
+
+
+def _to_device(value, device):
+    """A saved loop state on the attack's device; the CPU generator's state ("rng") stays on the CPU."""
+    if isinstance(value, dict):
+        return {k: v if k == "rng" else _to_device(v, device) for k, v in value.items()}
+    return value.to(device) if isinstance(value, torch.Tensor) else value

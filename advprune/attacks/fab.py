@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 from torchattacks.attacks.fab import projection_l2, projection_linf
 
+from advprune.attacks.state import Checkpoint
+
 N_ITER = 100
 ALPHA_MAX, ETA, BETA = 0.1, 1.05, 0.9
 
@@ -31,18 +33,22 @@ def _dist(delta: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def single_run(model: nn.Module, im2: torch.Tensor, la2: torch.Tensor, la_target: torch.Tensor, norm: str,
-               n_iter: int = N_ITER) -> tuple[torch.Tensor, torch.Tensor]:
+               n_iter: int = N_ITER, checkpoint: Checkpoint | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The original's targeted `attack_single_run` loop on points it classifies correctly; returns (found,
-    closest adversarial point found) per point."""
+    closest adversarial point found) per point. With `checkpoint`, it can stop and continue between iterations
+    (FAB-T draws nothing at random: the iterate, the closest point found and its distance are the whole state;
+    a continued run recomputes the iterate's logits, which the same call on the same batch reproduces)."""
     bs, ndims = im2.shape[0], im2.dim() - 1
     u = torch.arange(bs, device=im2.device)
-    adv = im2.clone()
-    res2 = 1e10 * torch.ones([bs], device=im2.device)
-    x1 = im2.clone()
+    resumed = checkpoint.resumed if checkpoint is not None else None
+    if resumed is None:
+        adv, res2, x1, first = im2.clone(), 1e10 * torch.ones([bs], device=im2.device), im2.clone(), 0
+    else:
+        adv, res2, x1, first = resumed["adv"], resumed["res2"], resumed["x1"], resumed["iteration"]
     x0 = im2.clone().reshape([bs, -1])
     project = projection_linf if norm == "Linf" else projection_l2
     im = logits = None  # the iterate and its logits, with the graph, when the last check can be reused
-    for it in range(n_iter):
+    for it in range(first, n_iter):
         if im is None:
             im = x1.clone().requires_grad_()
             with torch.enable_grad():
@@ -80,13 +86,16 @@ def single_run(model: nn.Module, im2: torch.Tensor, la2: torch.Tensor, la_target
             adv[ind_adv] = x1[ind_adv] * closer + adv[ind_adv] * farther
             res2[ind_adv] = t * (t < res2[ind_adv]).float() + res2[ind_adv] * (t >= res2[ind_adv]).float()
             x1[ind_adv] = im2[ind_adv] + (x1[ind_adv] - im2[ind_adv]) * BETA
+        if checkpoint is not None and not last:
+            checkpoint.save(lambda: {"iteration": it + 1, "adv": adv, "res2": res2, "x1": x1})
     return res2 < 1e10, adv
 
 
 @torch.no_grad()
 def fab_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, n_targets: int, max_batch: int,
-                 n_iter: int = N_ITER) -> torch.Tensor:
-    """The original's `FABAttack_PT(targeted=True, n_restarts=1, n_target_classes=n_targets).perturb(x, y)`."""
+                 n_iter: int = N_ITER, checkpoint: Checkpoint | None = None) -> torch.Tensor:
+    """The original's `FABAttack_PT(targeted=True, n_restarts=1, n_target_classes=n_targets).perturb(x, y)`.
+    With `checkpoint`, it can stop and continue between chunks of max_batch runs and between iterations."""
     acc = model(x).max(1)[1] == y
     adv = x.clone()
     idx = acc.nonzero().flatten()
@@ -97,15 +106,26 @@ def fab_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     correct = (logits.max(1)[1] == y_sub).nonzero().flatten()  # the points each target's run attacks
     order = logits.sort(dim=-1)[1]
     n, m = len(correct), n_targets
-    found = torch.zeros(m * n, dtype=torch.bool, device=x.device)
-    x_found = x_sub[correct].repeat(m, *([1] * (x.dim() - 1)))
+    im2 = x_sub[correct].repeat(m, *([1] * (x.dim() - 1)))
+    resumed = checkpoint.resumed if checkpoint is not None else None
+    if resumed is None:
+        found, x_found, first = torch.zeros(m * n, dtype=torch.bool, device=x.device), im2.clone(), 0
+    else:
+        found, x_found, first = resumed["found"], resumed["x_found"], resumed["chunk"]
     if n:
-        im2 = x_found.clone()
         la2 = y_sub[correct].repeat(m)
         la_target = torch.cat([order[correct, -(k + 2)] for k in range(m)])
-        for lo in range(0, m * n, max_batch):
+        for chunk, lo in enumerate(range(0, m * n, max_batch)):
+            if chunk < first:
+                continue
             sl = slice(lo, lo + max_batch)
-            found[sl], x_found[sl] = single_run(model, im2[sl], la2[sl], la_target[sl], norm, n_iter)
+            inner = None
+            if checkpoint is not None:
+                run = resumed["run"] if resumed is not None and chunk == first else None
+                inner = Checkpoint(run, lambda make: checkpoint.save(lambda: {"chunk": chunk, "found": found, "x_found": x_found, "run": make()}))
+            found[sl], x_found[sl] = single_run(model, im2[sl], la2[sl], la_target[sl], norm, n_iter, inner)
+            if checkpoint is not None:
+                checkpoint.save(lambda: {"chunk": chunk + 1, "found": found, "x_found": x_found, "run": None})
     # Each target's result per point: the found adversarial point, else x (the original's adv_c).
     adv_k = x_sub.repeat(m, *([1] * (x.dim() - 1))).view(m, len(idx), *x.shape[1:])
     adv_k[:, correct] = x_found.view(m, n, *x.shape[1:])

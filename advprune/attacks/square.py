@@ -16,6 +16,8 @@ import math
 import torch
 import torch.nn as nn
 
+from advprune.attacks.state import Checkpoint
+
 N_QUERIES = 5000
 P_INIT = 0.8
 
@@ -44,15 +46,24 @@ def _margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return y_corr - logits.max(dim=-1)[0]
 
 
-def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n_queries: int = N_QUERIES) -> torch.Tensor:
+def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n_queries: int = N_QUERIES,
+               checkpoint: Checkpoint | None = None) -> torch.Tensor:
+    """With `checkpoint`, it can stop and continue between queries: the best points, their margins and the
+    generator's state, from which the next query's window and signs are drawn."""
     c, h, w = x.shape[1:]
     n_features = c * h * w
-    x_best = torch.clamp(x + eps * _random_sign([x.shape[0], c, 1, w]).to(x.device), 0.0, 1.0)
-    margin_min = _margin(model, x_best, y)
-    loss_min = margin_min.clone()  # the margin loss: the loss is the margin
-    if (margin_min < 0.0).all():
-        return x_best
-    for i_iter in range(n_queries):
+    resumed = checkpoint.resumed if checkpoint is not None else None
+    if resumed is None:
+        x_best = torch.clamp(x + eps * _random_sign([x.shape[0], c, 1, w]).to(x.device), 0.0, 1.0)
+        margin_min = _margin(model, x_best, y)
+        loss_min = margin_min.clone()  # the margin loss: the loss is the margin
+        if (margin_min < 0.0).all():
+            return x_best
+        first = 0
+    else:
+        x_best, margin_min, loss_min, first = resumed["x_best"], resumed["margin_min"], resumed["loss_min"], resumed["query"]
+        torch.set_rng_state(resumed["rng"])
+    for i_iter in range(first, n_queries):
         idx = (margin_min > 0.0).nonzero().flatten()
         x_curr, x_best_curr, y_curr = x[idx], x_best[idx], y[idx]
         margin_min_curr, loss_min_curr = margin_min[idx], loss_min[idx]
@@ -73,20 +84,24 @@ def single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
         x_best[idx] = torch.where(improved.view(-1, 1, 1, 1), x_new, x_best_curr)
         if (margin_min <= 0.0).all():  # the original stops once every point is misclassified
             break
+        if checkpoint is not None:
+            checkpoint.save(lambda: {"query": i_iter + 1, "x_best": x_best, "margin_min": margin_min, "loss_min": loss_min,
+                                     "rng": torch.get_rng_state()})
     return x_best
 
 
 @torch.no_grad()
-def square_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int, n_queries: int = N_QUERIES) -> torch.Tensor:
+def square_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int, n_queries: int = N_QUERIES,
+                checkpoint: Checkpoint | None = None) -> torch.Tensor:
     """The original's `SquareAttack(norm='Linf', n_queries=5000, p_init=.8, n_restarts=1, loss='margin',
-    resc_schedule=False).perturb(x, y)`."""
+    resc_schedule=False).perturb(x, y)`; with `checkpoint`, resumable between queries."""
     acc = model(x).max(1)[1] == y
     adv = x.clone()
     torch.manual_seed(seed)
     idx = acc.nonzero().flatten()
     if len(idx):
         x_sub, y_sub = x[idx], y[idx]
-        adv_sub = single_run(model, x_sub, y_sub, eps, n_queries)
+        adv_sub = single_run(model, x_sub, y_sub, eps, n_queries, checkpoint)
         fooled = model(adv_sub).max(1)[1] != y_sub
         adv[idx[fooled]] = adv_sub[fooled]
     return adv

@@ -117,6 +117,13 @@ def resume_path(wildcards, output):
     return f"resume/{output[0]}.state.pt"
 
 
+def autoattack_state(wildcards, output):
+    """An evaluation's AutoAttack state: outside results/ like training's, and how often it is saved. A function of
+    `output`, so Snakemake does not count it among the params whose change re-runs a job: the interval changes no
+    result (advprune.config.evaluate_params leaves it out of the settings for the same reason)."""
+    return {"path": resume_path(wildcards, output), "every": config["evaluate"]["autoattack"]["state_every"]}
+
+
 def resume_prefix(wildcards, output):
     # Methods that train keep one resume state per phase: {prefix}.{phase}.state.pt
     return f"resume/{output[0]}"

@@ -9,6 +9,7 @@ rule evaluate:
         data_dir=data_dir,
         labels=eval_labels,
         code=code("evaluate.py"),
+        resume=autoattack_state,
     log:
         "logs/evaluate/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}.log",
     benchmark:

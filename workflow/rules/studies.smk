@@ -42,6 +42,7 @@ rule study_finetune_evaluate:
         data_dir=data_dir,
         labels=eval_labels,
         code=code("evaluate.py"),
+        resume=autoattack_state,
     log:
         "logs/studies/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/{mode}/evaluate.log",
     benchmark:
@@ -147,6 +148,7 @@ rule study_objectives_evaluate:
         data_dir=data_dir,
         labels=eval_labels,
         code=code("evaluate.py"),
+        resume=autoattack_state,
     log:
         "logs/studies/objectives/{dataset}/{arch}/seed{seed}/{pre}/{method}/s{sparsity}/{ft}/evaluate.log",
     benchmark:
@@ -173,6 +175,7 @@ rule study_objectives_evaluate_dense:
         data_dir=data_dir,
         labels=lambda w: {"pretrain_objective": w.pre},
         code=code("evaluate.py"),
+        resume=autoattack_state,
     log:
         "logs/studies/objectives/{dataset}/{arch}/seed{seed}/{pre}/evaluate_dense.log",
     benchmark:
