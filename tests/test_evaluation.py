@@ -144,6 +144,7 @@ def test_a_killed_evaluation_continues_autoattack_to_the_record_of_an_uninterrup
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["data"]["root"] = str(Path(digits_dir).parent)
     config["threat_model"]["eps"] = 0.03
+    config["models"]["small_cnn"] = {"width": 8}
     config["evaluate"].update(n_examples=48, batch_size=8, verify=None, latency=None, pgd={"steps": 2, "restarts": 1, "step_size": 0.02},
                               autoattack={"version": "rehearsal", "seed": 0, "state_every": 0})
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
