@@ -28,7 +28,11 @@ include: "workflow/rules/studies.smk"
 include: "workflow/rules/report.smk"
 
 
+# The report, and everything it is built from (see computed_outputs): a missing or deleted intermediate is planned again.
 rule all:
     default_target: True
     input:
         report_outputs(),
+        rules.aggregate.output,
+        rules.aggregate.input,
+        computed_outputs(),
