@@ -8,7 +8,7 @@ import torch
 from advprune.checkpoint import CheckpointError, load_model, save_model
 from advprune.models import build_model
 
-from conftest import PYTHON, REPO, env_with_repo
+from conftest import PYTHON, REPO, SNAKEMAKE, env_with_repo
 
 META = {"n_classes": 10, "channels": 1, "image_size": [8, 8]}
 
@@ -175,3 +175,21 @@ def test_prune_names_a_damaged_sensitivity_table(tmp_path):
     table.write_text("module,module_index,n_params,base_loss,perturbed_loss,sensitivity\nconv1,0,36,0.5,0.7,0.2\n")
     read = _script("prune")._read_sensitivity(table)
     assert list(read["module"]) == ["conv1"] and float(read["sensitivity"][0]) == 0.2  # the two columns mrpf reads
+
+
+def test_the_slurm_profile_plans_where_sinfo_gives_no_answer(tmp_path):
+    # SLURM's controller not answering (or SLURM's commands failing): the profile requests its own values, and as
+    # numbers (issue 18: fetch_data's memory reached Snakemake as the text '8000', a ResourceConversionError).
+    # squeue only has to exist: the SLURM plugin refuses to load without it; a dry run never calls it.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for command in ("sinfo", "squeue"):
+        (fake / command).write_text("#!/bin/sh\nexit 1\n")
+        (fake / command).chmod(0o755)
+    env = env_with_repo()
+    env["PATH"] = f"{fake}:{env['PATH']}"
+    run = subprocess.run([SNAKEMAKE, "--profile", str(REPO / "slurm"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path / "run"),
+                          "-n", "--configfile", str(REPO / ".test/config.yaml")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    fetch = (run.stdout + run.stderr).split("rule fetch_data:")[1].split("\n\n")[0]
+    assert "mem_mb=8000," in fetch
