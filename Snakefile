@@ -32,7 +32,7 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        report_outputs(),
+        rules.report.output,
         rules.aggregate.output,
         rules.aggregate.input,
         computed_outputs(),

@@ -62,20 +62,22 @@ def record_sources(paths: Iterable[str | os.PathLike], manifest: str | os.PathLi
     (manifest.parent / MARKER).unlink(missing_ok=True)
 
 
-def problems(directory: str | os.PathLike) -> list[str]:
-    """Why the files in `directory` do not describe what they were built from ([] when they do): a STALE.txt,
-    no sources.json, or a source that is missing or has other contents than when they were built."""
-    directory = Path(directory)
-    if (directory / MARKER).exists():
-        return [f"{directory / MARKER}: {(directory / MARKER).read_text().splitlines()[0]}"]
+def problems(directory: str | os.PathLike, root: str | os.PathLike = ".") -> list[str]:
+    """Why the files in `directory` (a path below `root`, the run's working directory) do not describe what they
+    were built from ([] when they do): a STALE.txt, no sources.json, or a source that is missing or has other
+    contents than when they were built."""
+    root = Path(root)
+    marker, manifest = root / directory / MARKER, root / directory / SOURCES
+    if marker.exists():
+        return [f"{Path(directory, MARKER)}: {marker.read_text().splitlines()[0]}"]
     try:
-        sources = json.loads((directory / SOURCES).read_text())
+        sources = json.loads(manifest.read_text())
     except (OSError, ValueError) as error:
-        return [f"{directory / SOURCES}: cannot be read ({error}); without it nothing says what {directory} was built from"]
+        return [f"{Path(directory, SOURCES)}: cannot be read ({error}); nothing says what {directory} was built from"]
     out = []
     for path, digest in sources.items():
-        if not Path(path).is_file():
+        if not (root / path).is_file():
             out.append(f"{directory} was built from {path}, which is missing")
-        elif sha256(path) != digest:
-            out.append(f"{directory} was built from {path}, which has changed since (sha256 {digest[:12]}…, now {sha256(path)[:12]}…)")
+        elif (now := sha256(root / path)) != digest:
+            out.append(f"{directory} was built from {path}, which has changed since (sha256 {digest[:12]}…, now {now[:12]}…)")
     return out

@@ -1,6 +1,7 @@
 """Damaged files and failed jobs: every failure names its file and cause, and the job's own log has it."""
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +194,27 @@ def test_the_slurm_profile_plans_where_sinfo_gives_no_answer(tmp_path):
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     fetch = (run.stdout + run.stderr).split("rule fetch_data:")[1].split("\n\n")[0]
     assert "mem_mb=8000," in fetch
+
+
+def test_tables_are_marked_stale_until_rebuilt_and_name_a_changed_source(tmp_path, monkeypatch):
+    from advprune import staleness
+
+    monkeypatch.chdir(tmp_path)  # sources are recorded as the jobs name them, relative to the run's directory
+    tables, record = Path("results/tables"), Path("results/eval/r.json")
+    record.parent.mkdir(parents=True)
+    record.write_text('{"clean_acc": 0.85}')
+    assert not staleness.mark_stale(tables, {"evaluate": 1}, "aggregate")  # no tables yet: nothing to mark
+    tables.mkdir()
+    (tables / "summary.csv").write_text("clean_acc\n0.85\n")
+    assert not staleness.mark_stale(tables, {}, "aggregate")  # no job planned
+    staleness.record_sources([record], tables / staleness.SOURCES)
+    assert staleness.problems(tables) == []
+    assert staleness.mark_stale(tables, {"evaluate": 2}, "aggregate")  # a run starts re-making a record
+    assert staleness.problems(tables)[0].startswith("results/tables/STALE.txt: STALE: the Snakemake run started")
+    assert "(evaluate: 2)" in (tables / "STALE.txt").read_text()
+    staleness.record_sources([record], tables / staleness.SOURCES)  # aggregate finished
+    assert not (tables / "STALE.txt").exists() and staleness.problems(tables, root=tmp_path) == []
+    record.write_text('{"clean_acc": 0.99}')
+    assert staleness.problems(tables)[0].startswith("results/tables was built from results/eval/r.json, which has changed since (sha256 ")
+    record.unlink()
+    assert staleness.problems(tables) == ["results/tables was built from results/eval/r.json, which is missing"]
