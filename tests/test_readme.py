@@ -248,9 +248,9 @@ def test_a_stopped_or_failed_rerun_marks_the_tables_stale_and_the_readme_remedie
     # Ctrl-C (SIGINT to the foreground process group, as a terminal sends it) once an evaluation has started:
     # Snakemake deletes the records it was re-making; the tables built from them are marked stale.
     output = repo / "stopped.out"
-    with open(output, "w") as out:
+    with open(output, "w") as out:  # SIGINT's default action as in a terminal, also when pytest itself runs in the background
         proc = subprocess.Popen(["bash", "-c", AGAIN], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal, also when pytest runs in the background
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 300
         while "rule evaluate:" not in output.read_text() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.1)
