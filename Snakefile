@@ -30,8 +30,12 @@ include: "workflow/rules/external.smk"
 include: "workflow/rules/export.smk"
 
 
+# The report, and everything it is built from (see computed_outputs): a missing or deleted intermediate is planned again.
 rule all:
     default_target: True
     input:
-        report_outputs(),
+        rules.report.output,
+        rules.aggregate.output,
+        rules.aggregate.input,
+        computed_outputs(),
         export_outputs(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -97,8 +98,8 @@ def _first_error(instance, schema) -> tuple[str, str] | None:
     key, message = _path(error), error.message
     if error.validator in ("enum", "oneOf", "anyOf"):
         message = f"{error.instance!r} is not one of: {', '.join(_alternatives(error.schema, schema))}"
-    if "propertyNames" in error.schema_path:  # a bad key name: name the key itself
-        key = f"{key}.{error.instance}"
+    if "propertyNames" in error.schema_path:  # a bad key name: name the key itself, a newline in it escaped
+        key = f"{key}.{str(error.instance).encode('unicode_escape').decode()}"
     if error.validator == "not" and error.validator_value == {"const": "dense"}:
         message = "the name 'dense' is reserved for the unpruned model's records: give the method another key"
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
@@ -255,8 +256,11 @@ def method_sparsities(config: dict, key: str) -> list[float]:
 
 
 def _check_data_dirs(config: dict) -> None:
-    """Data directories that cannot be made because a file stands at them (or above them)."""
+    """Data directories written the one way every path made from them is (`resources/data/` and `./resources/data`
+    are `resources/data`: the rules' file patterns and the paths the jobs are given must agree), refused when a
+    file stands at them (or above them)."""
     for key in ("root", "raw_root"):
+        config["data"][key] = os.path.normpath(config["data"][key])
         path = Path(config["data"][key])
         blocked = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
         if blocked is not None:

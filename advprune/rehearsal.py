@@ -62,6 +62,8 @@ WIDTH = 2  # every architecture with a `width` option (resnet18, vgg16_bn: 2 = 2
 KEPT_PER_LAYER = 4  # ... widened until the rehearsal's sparsity keeps this many weights per layer on average
 # option keys of method entries and fine-tuning overrides that count epochs (0 keeps its meaning: none)
 EPOCH_KEYS = ("epochs", "admm_epochs", "retrain_epochs", "finetune_epochs", "eps_ramp_epochs")
+# Written into every scratch directory a rehearsal makes: only such a directory is used again or deleted (--clean).
+MARKER = ".advprune-rehearsal"
 
 
 class RehearsalError(RuntimeError):
@@ -251,6 +253,16 @@ def _snakemake(workdir: Path, configfile: Path, log: Path, *args: str) -> subpro
                                "--configfile", str(configfile), *args], stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
 
 
+def _claim(workdir: Path, config_path) -> None:
+    """Make `workdir` a rehearsal directory (MARKER), or refuse it when it holds anything else: a rehearsal writes
+    results/, resources/ and logs/ there and runs Snakemake in it."""
+    if workdir.is_dir() and not (workdir / MARKER).exists() and any(workdir.iterdir()):
+        raise RehearsalError(f"{workdir} is not a rehearsal directory (it has files and no {MARKER}, which advprune rehearse writes): "
+                             "choose another --workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text(f"scratch directory of `advprune rehearse {config_path}`: it may be deleted (advprune rehearse --clean)\n")
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -264,7 +276,7 @@ def rehearse(config_path: str | Path, workdir: str | Path, cores: int = 2, devic
     started, cpu = time.monotonic(), _children_cpu()
     config = cfg.load_config(config_path)
     workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    _claim(workdir, config_path)
     small = shrink(config, device)
     write_data(small, workdir)
     write_checkpoints(small, workdir)
@@ -319,18 +331,30 @@ def rehearse_many(config_paths: list, workdir: str | Path, cores: int = 2, devic
     """Rehearse several configs, `concurrent` at a time, each in its own process and in workdir/<config name>.
     One rehearsal leaves a core idle whenever its DAG narrows to one job (data, pretraining, sensitivity, the
     report), about 40 % of its time on 2 cores; a second one fills those gaps. Returns, in order, each
-    config's Rehearsal or the ConfigError/RehearsalError that stopped it."""
+    config's Rehearsal or the RehearsalError that stopped it. Before anything is written or deleted, every config is
+    validated (ConfigError) and, with `clean`, every directory to delete must be a rehearsal's (RehearsalError)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    for path in config_paths:
+        cfg.load_config(path)
     workdirs = [Path(workdir) / Path(path).stem for path in config_paths]
-    for path in workdirs:
-        if clean and path.exists():
-            shutil.rmtree(path)
+    if clean:
+        delete_workdirs(workdirs)
     # spawn: the workers only start Snakemake, and a fork of a process holding torch's threads is unsafe
     with ProcessPoolExecutor(max(1, concurrent), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_rehearse_or_error, path, work, cores, device) for path, work in zip(config_paths, workdirs)]
         return [future.result() for future in futures]
+
+
+def delete_workdirs(workdirs: list[Path]) -> None:
+    """Delete the scratch directories (--clean), all of them or, when one was not made by a rehearsal, none."""
+    foreign = [path for path in workdirs if path.exists() and not (path / MARKER).is_file()]
+    if foreign:
+        raise RehearsalError(f"--clean deletes only directories a rehearsal made: {foreign[0]} has no {MARKER}; nothing was deleted")
+    for path in workdirs:
+        if path.exists():
+            shutil.rmtree(path)
 
 
 def _rehearse_or_error(config_path, workdir, cores, device) -> Rehearsal | Exception:
@@ -349,10 +373,13 @@ def main(argv: list[str]) -> None:
     p.add_argument("--cores", type=int, default=2, help="cores of each rehearsal's Snakemake run")
     p.add_argument("--concurrent", type=int, default=2, help="configs rehearsed at once (default 2: one fills the other's idle cores)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the GPU check rehearses on the GPU)")
-    p.add_argument("--clean", action="store_true", help="delete a config's scratch directory first (default: continue it)")
+    p.add_argument("--clean", action="store_true", help="delete a config's scratch directory first, if a rehearsal made it (default: continue it)")
     a = p.parse_args(argv)
     started = time.monotonic()
-    results = rehearse_many(a.configs, a.workdir, a.cores, a.device, a.concurrent, a.clean)
+    try:
+        results = rehearse_many(a.configs, a.workdir, a.cores, a.device, a.concurrent, a.clean)
+    except (cfg.ConfigError, RehearsalError) as error:
+        sys.exit(f"advprune rehearse: {error}")
     failed = []
     for path, result in zip(a.configs, results):
         if isinstance(result, Exception):

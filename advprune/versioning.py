@@ -6,9 +6,18 @@ snapshot of Snakemake's own provenance (.snakemake/metadata: the params and code
 list the checkpoints as DVC artifacts in dvc.yaml, push everything to the default DVC remote (a local directory
 remote is set up when there is none), and stage exactly the small files for git to commit.
 
-restore: on a fresh clone, `dvc pull`, put Snakemake's provenance back, check that the restored outputs were
-made with this commit's settings and code, then `snakemake --touch` so that modification times follow the DAG
-(DVC does not keep them, and Snakemake would re-run anything whose input looks newer than its output).
+publish refuses a run that is not complete, whose tables or report do not match the records they were built
+from (advprune/staleness.py), or whose code has uncommitted changes (the commit would not hold the code the
+results were made with, and could not be restored).
+
+restore: on a fresh clone, `dvc pull`, check every pulled file against the hash this commit's .dvc files give it
+(DVC does not, by default: a damaged object in the remote would be restored silently; damaged files are named and
+removed), put Snakemake's provenance back, check that the restored outputs were made with this commit's settings
+and code, then `snakemake --touch` so that modification times follow the DAG (DVC does not keep them, and
+Snakemake would re-run anything whose input looks newer than its output).
+
+DVC's usage analytics are off for every dvc command run here (DVC_NO_ANALYTICS) and in the repository's DVC
+config (core.analytics false, committed with the results), so that no dvc command sends anything.
 
 Both take the Snakemake options of the run (e.g. `--configfile config/paper/ap_benchmark.yaml`) after `--`.
 publish records them in published-run.yaml (committed with the results, beside the config file it names);
@@ -18,19 +27,26 @@ restore given none uses the recorded ones, and prints the `snakemake -n` that ch
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 REMOTE_NAME = "advprune"
 METADATA = Path(".snakemake/metadata")
 METADATA_SNAPSHOT = Path("results/.snakemake-metadata")  # inside results/, so it travels with results.dvc
 ARTIFACT_STAGES = {"pretrained": "pretrain", "pruned": "prune", "finetuned": "finetune"}
 RUN_RECORD = Path("published-run.yaml")  # the Snakemake options of the published run, committed with it
+# Files publish writes and stages itself, and where code lives (an untracked file there would be missing from the commit).
+PUBLISH_WRITES = {".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvcignore", "dvc.yaml", str(RUN_RECORD)}
+CODE_DIRS = ("advprune/", "scripts/", "workflow/")
 
 
 class PublishError(RuntimeError):
@@ -38,7 +54,7 @@ class PublishError(RuntimeError):
 
 
 def _run(cmd: list[str], capture: bool = False) -> subprocess.CompletedProcess:
-    run = subprocess.run(cmd, capture_output=True, text=True)
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     if run.returncode != 0:
         raise PublishError(f"`{' '.join(cmd)}` failed:\n{(run.stdout + run.stderr).strip()[-3000:]}")
     if not capture and run.stdout.strip():
@@ -52,14 +68,20 @@ def _tool(name: str) -> str:
     return str(local) if local.exists() else name
 
 
-def _pending_jobs(snakemake_args: list[str], *extra: str) -> dict[str, int]:
-    """Rule -> count of the jobs a dry run plans ({} = nothing to do)."""
+def _plan(snakemake_args: list[str], *extra: str) -> tuple[dict[str, int], str]:
+    """Rule -> count of the jobs a dry run plans ({} = nothing to do), and Snakemake's reasons in one line."""
     out = _run([_tool("snakemake"), "--dry-run", "--cores", "1", *extra, *snakemake_args], capture=True)
     text = out.stdout + out.stderr
     if "Job stats:" not in text:
-        return {}
+        return {}, ""
     table = text.split("Job stats:")[1].split("\n\n")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] not in ("total", "all")}
+    reasons = text.split("Reasons:")[-1].split("\n\n")[0].splitlines()[2:] if "Reasons:" in text else []
+    reasons = "; ".join(f"{cause.strip().rstrip(':')}: {jobs.strip()}" for cause, jobs in zip(reasons[::2], reasons[1::2]))
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] not in ("total", "all")}, reasons
+
+
+def _pending_jobs(snakemake_args: list[str], *extra: str) -> dict[str, int]:
+    return _plan(snakemake_args, *extra)[0]
 
 
 def _configfile(snakemake_args: list[str]) -> str:
@@ -85,9 +107,28 @@ def tracked_paths(snakemake_args: list[str]) -> list[Path]:
     return [p for p in paths if p.exists()]
 
 
+def _uncommitted_code(configfile: str) -> list[str]:
+    """Paths with changes git has not committed, but for publish's own files and the run's config (committed with
+    the results): tracked files anywhere, untracked ones where code lives."""
+    entries = iter(_run(["git", "status", "--porcelain=v1", "-z", "--untracked-files=all"], capture=True).stdout.split("\0"))
+    changed = []
+    for entry in entries:
+        if not entry:
+            continue
+        state, path = entry[:2], entry[3:]
+        if "R" in state or "C" in state:
+            next(entries)  # the name it was renamed or copied from
+        if path in PUBLISH_WRITES or path == configfile or path.endswith((".dvc", "/.gitignore")):
+            continue
+        if state != "??" or path.startswith(CODE_DIRS):
+            changed.append(path)
+    return changed
+
+
 def _ensure_remote(url: str | None) -> str:
     if not Path(".dvc").is_dir():
         _run([_tool("dvc"), "init", "--quiet"])
+    _run([_tool("dvc"), "config", "core.analytics", "false"])  # in .dvc/config, committed: no dvc command on a clone sends usage data
     current = subprocess.run([_tool("dvc"), "config", "core.remote"], capture_output=True, text=True)  # fails when unset
     if current.returncode == 0 and current.stdout.strip():
         return current.stdout.strip()
@@ -145,9 +186,24 @@ def recorded_args() -> list[str]:
 
 def publish(snakemake_args: list[str], remote_url: str | None = None) -> list[str]:
     """Returns the paths staged in git."""
+    from advprune import staleness
+
+    config = Path(_configfile(snakemake_args))
+    if config.is_absolute() or ".." in config.parts:
+        raise PublishError(f"the run's config file {config} lies outside the repository: a clone of the commit could not restore the run; "
+                           "copy it into the repository and run with that copy")
+    uncommitted = _uncommitted_code(config.as_posix())
+    if uncommitted:
+        listed = ", ".join(uncommitted[:5]) + (f" and {len(uncommitted) - 5} more" if len(uncommitted) > 5 else "")
+        raise PublishError(f"uncommitted changes ({listed}): the commit of the results would not hold the code they were made with; "
+                           "commit them, re-run snakemake (it re-runs what they change), then publish")
     pending = _pending_jobs(snakemake_args)
     if pending:
         raise PublishError(f"the run is not complete ({', '.join(f'{r}: {n}' for r, n in pending.items())} to do): finish it with snakemake first")
+    stale = staleness.problems("results/tables") + staleness.problems("results/report")
+    if stale:
+        raise PublishError("the tables or the report do not match what they were built from:\n  " + "\n  ".join(stale) +
+                           "\nrun the run's snakemake command (with --forcerun aggregate if it has nothing to do), then publish")
     paths = tracked_paths(snakemake_args)
     remote = _ensure_remote(remote_url)
     if METADATA_SNAPSHOT.exists():
@@ -167,6 +223,48 @@ def publish(snakemake_args: list[str], remote_url: str | None = None) -> list[st
     return staged
 
 
+def _md5(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "md5").hexdigest()
+
+
+def _dvc_outs() -> list[tuple[str, str, Path]]:
+    """(.dvc file, hash, path) of every output the commit's .dvc files track."""
+    import yaml
+
+    return [(dvc_file, out["md5"], Path(dvc_file).parent / out["path"])
+            for dvc_file in _run(["git", "ls-files", "--", "*.dvc"], capture=True).stdout.split()
+            for out in yaml.safe_load(Path(dvc_file).read_text())["outs"]]
+
+
+class Damaged(NamedTuple):
+    path: Path
+    why: str
+    cached: Path | None  # DVC's cached copy of the damaged content, under the hash it should have had
+
+
+def damaged_files() -> list[Damaged]:
+    """Every file the commit's .dvc files track whose content is not what they say, checked from the hashes in
+    git down: a directory's listing (a DVC object) against its hash in the .dvc file, then every file against its
+    hash in the listing. `dvc pull` itself trusts the remote's objects."""
+    cache = Path(_run([_tool("dvc"), "cache", "dir"], capture=True).stdout.strip()) / "files" / "md5"
+    damaged = []
+    for dvc_file, md5, path in _dvc_outs():
+        entries = [(path, md5)]
+        if md5.endswith(".dir"):
+            listing = cache / md5[:2] / md5[2:]
+            if not listing.is_file() or _md5(listing) != md5.removesuffix(".dir"):
+                damaged.append(Damaged(path, f"DVC's listing of this directory does not match its hash in {dvc_file}", listing))
+                continue
+            entries = [(path / entry["relpath"], entry["md5"]) for entry in json.loads(listing.read_text())]
+        for file, expected in entries:
+            if not file.is_file():
+                damaged.append(Damaged(file, "missing", None))
+            elif (got := _md5(file)) != expected:
+                damaged.append(Damaged(file, f"md5 {got}, published as {expected}", cache / expected[:2] / expected[2:]))
+    return damaged
+
+
 def restore(snakemake_args: list[str]) -> None:
     if not list(Path(".").glob("*.dvc")):
         raise PublishError("no .dvc files here: nothing was published in this commit (advprune publish)")
@@ -178,13 +276,29 @@ def restore(snakemake_args: list[str]) -> None:
     if not Path(config).is_file():
         raise PublishError(f"the run's config file {config} is not in this checkout (it was published with the results: check out that commit)")
     _run([_tool("dvc"), "pull"])
+    damaged = damaged_files()
+    for file in damaged:  # nothing may read them; DVC's copy goes too, so that a later pull fetches the file again
+        if file.cached:
+            file.cached.unlink(missing_ok=True)
+        if file.path.is_file():
+            file.path.unlink()
+    if damaged:
+        raise PublishError(f"{len(damaged)} restored file(s) are not what this commit published (removed, with DVC's cached copies, so that "
+                           "nothing reads them):\n  " + "\n  ".join(f"{file.path}: {file.why}" for file in damaged) +
+                           "\nrepair the DVC remote (dvc push from an intact copy of the run) and restore again, or run snakemake to recompute them")
     if METADATA_SNAPSHOT.is_dir():
         shutil.copytree(METADATA_SNAPSHOT, METADATA, dirs_exist_ok=True)
-    # Every reason to re-run except modification times: what remains after this is only DVC's fresh mtimes.
-    stale = _pending_jobs(snakemake_args, "--rerun-triggers", "params", "input", "code", "software-env")
+    # Every reason to re-run but modification times, which DVC does not keep: with one mtime for every restored file
+    # (Snakemake compares them whatever --rerun-triggers says), what is left is settings, code and missing files.
+    now = time.time()
+    for _, _, tracked in _dvc_outs():
+        for path in [tracked, *tracked.rglob("*")] if tracked.is_dir() else [tracked]:
+            os.utime(path, (now, now))
+    stale, reasons = _plan(snakemake_args, "--rerun-triggers", "params", "input", "code", "software-env")
     if stale:
-        raise PublishError(f"the restored results were made with other settings or code than this commit's ({', '.join(f'{r}: {n}' for r, n in stale.items())} "
-                           "would re-run); nothing was touched: run snakemake to recompute them")
+        raise PublishError(f"the restored results were not made with this commit's settings and code, or lack outputs "
+                           f"({', '.join(f'{r}: {n}' for r, n in stale.items())} would run; Snakemake's reasons: {reasons}); "
+                           "nothing was touched: run snakemake to recompute them")
     _run([_tool("snakemake"), "--touch", "--cores", "1", "--quiet", *snakemake_args])
     left = _pending_jobs(snakemake_args)
     if left:

@@ -20,6 +20,7 @@ from advprune.dvc_outputs import ACCURACIES, write_metrics, write_plot_data
 from advprune.entry import parser, read_csv, read_json, write_csv
 from advprune.records import mixed_problem, record_problem
 from advprune.runtime import setup_logging
+from advprune.staleness import SOURCES, record_sources
 from advprune.stats import wilson
 
 SUMMARY_COLUMNS = ["dataset", "arch", "seed", "method", "impl", "sparsity_target", "sparsity_measured", "params_total", "params_nonzero",
@@ -159,6 +160,8 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
     frames = [pd.DataFrame(rows) for rows in (summary, layers, curves)]
     write_metrics(frames[0], out["metrics"])
     write_plot_data(*frames, out["plots"])
+    study_paths = [r["path"] for records in (studies or {}).values() for r in records]
+    record_sources([*eval_jsons, *study_paths, *sensitivity_csvs, *pretrain_curves, *finetune_curves, *prune_infos], out["sources"])
 
 
 def cli(argv=None):
@@ -171,6 +174,7 @@ def cli(argv=None):
     tables = ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves", "per_point", *STUDY_COLUMNS)
     out = {name: f"{r}/tables/{name}.csv" for name in tables}
     out |= {"provenance": f"{r}/tables/provenance.csv", "metrics": f"{r}/tables/summary.json", "plots": f"{r}/plots"}
+    out["sources"] = f"{r}/tables/{SOURCES}"
     # Without the workflow only the studies' own records are known (the records they share with the main grid are not).
     studies = {"study_finetune": [{"path": p, "labels": {}} for p in glob.glob(f"{r}/studies/finetune/**/eval.json", recursive=True)],
                "study_objectives": [{"path": p, "labels": {}} for p in [*glob.glob(f"{r}/studies/objectives/**/eval.json", recursive=True),

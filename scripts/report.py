@@ -5,13 +5,16 @@ from pathlib import Path
 from advprune.entry import read_csv
 from advprune.report import make_report
 from advprune.runtime import setup_logging
+from advprune.staleness import SOURCES, record_sources
 
 
 def main(tables_dir, out_dir, formats, dpi, log=None):
     setup_logging(log)
-    for table in sorted(Path(tables_dir).glob("*.csv")):  # a damaged table is named before pandas fails on it
+    tables = sorted(Path(tables_dir).glob("*.csv"))
+    for table in tables:  # a damaged table is named before pandas fails on it
         read_csv(table)
     make_report(tables_dir, out_dir, formats=tuple(formats), dpi=int(dpi))
+    record_sources(tables, Path(out_dir) / SOURCES)
 
 
 def cli(argv=None):

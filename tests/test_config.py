@@ -36,6 +36,10 @@ BAD = [
      "'prune.methods.lwm.finetune': 'adv' is not one of: none, a mapping"),
     ("method key not lowercase", lambda c: c["prune"]["methods"].update(LWM={}), "'prune.methods.LWM': 'LWM' does not match"),
     ("method key dense", lambda c: c["prune"]["methods"].update(dense={}), "'prune.methods.dense': the name 'dense' is reserved"),
+    # issue 18: `$` also matches before a final newline; such a key would make paths and job names with a newline
+    ("method key ending in a newline", lambda c: c["prune"]["methods"].update({"lwm2\n": {"method": "lwm"}}),
+     "'prune.methods.lwm2\\n': 'lwm2\\n' does not match"),
+    ("device ending in a newline", lambda c: c.update(device="cpu\n"), "'device': 'cpu\\n' does not match"),
     ("sparsity too long for a path", lambda c: c["prune"].update(sparsities=[0.123456789012]), "'prune.sparsities[0]': 0.123456789012 has more than 10 decimals"),
     # A hostile user's probes (issue 11), kept here so that they stay refused.
     ("method option of the wrong type", lambda c: c["prune"]["methods"]["lwm_iter"].update(iterations="three"),
@@ -160,11 +164,13 @@ def test_config_overrides_get_the_types_of_a_config_file():
     assert config["fast_path"]["channels_last"] is False
 
 
-def test_snakemake_accepts_typed_overrides_and_unusual_sparsities(tmp_path):
+def test_snakemake_accepts_typed_overrides_unusual_sparsities_and_data_paths(tmp_path):
     (tmp_path / "config").mkdir()
     shutil.copy(REPO / ".test/config.yaml", tmp_path / "config/config.yaml")
+    # data paths as people write them (issue 18: a trailing slash made the rules' patterns and the jobs' paths differ)
     run = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--snakefile", str(REPO / "Snakefile"), "--config", "seeds=[1]",
-                          "threat_model={norm: Linf, eps: 0.2}", "prune={sparsities: [0.00001, 0.9, 0.9000001], methods: {random: {sparsities: [0.99]}}}"],
+                          "threat_model={norm: Linf, eps: 0.2}", "prune={sparsities: [0.00001, 0.9, 0.9000001], methods: {random: {sparsities: [0.99]}}}",
+                          "data={root: resources/data/, raw_root: ./resources//raw}"],
                          cwd=tmp_path, capture_output=True, text=True, env=env_with_repo())
     assert run.returncode == 0, run.stderr[-2000:]
     assert planned(run)["prune"] == 2 * 3 + 1  # .test/config.yaml: lwm, lwm_global at the three; random at its own one

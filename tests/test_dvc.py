@@ -4,6 +4,8 @@ report only; a second run with one config value changed → `dvc metrics diff` s
 
 import hashlib
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +19,13 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent  # snakemake, dvc and advprune of this environment
 
 
-def _run(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
+def _run(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     env = env_with_repo()
     env["PYTHONPATH"] = str(repo)  # this copy's advprune
+    env["HOME"] = str(repo.parent / "home")  # a home of its own: what the commands leave there is checked
     env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.org")
     run = subprocess.run(list(cmd), cwd=repo, capture_output=True, text=True, env=env)
-    assert run.returncode == 0, f"{' '.join(cmd)}:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
+    assert run.returncode == 0 or not check, f"{' '.join(cmd)}:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
     return run
 
 
@@ -96,6 +99,80 @@ def test_restore_on_a_fresh_clone_recomputes_nothing(published):
     html = (clone / "report.html").read_text()
     assert "<script src=\"http" not in html and "Robustness vs sparsity" in html and "Clean, PGD and AutoAttack accuracy" in html
     assert "Provenance" in html and "git commit" in html
+
+
+def test_dvc_analytics_are_off_and_dvc_writes_nothing_in_home(published):
+    root, repo, _, _ = published
+    config = _run(repo, "git", "show", "HEAD:.dvc/config").stdout
+    assert re.search(r"^\s*analytics = false$", config, re.M), config
+    # publish, restore, gto and dvc artifacts get have run: DVC's telemetry would leave ~/.config/iterative/telemetry
+    assert not [p for p in (root / "home").rglob("*") if re.search("dvc|iterative", str(p.relative_to(root)), re.I)]
+
+
+def _refused(repo: Path) -> str:
+    run = _run(repo, str(BIN / "advprune"), "publish", "--", "--configfile", "run.yaml", check=False)
+    assert run.returncode != 0, run.stdout
+    return run.stderr
+
+
+def test_publish_refuses_uncommitted_code_and_tables_that_do_not_match_their_records(published):
+    _, repo, _, _ = published
+    style = repo / "advprune/report/style.py"
+    original = style.read_text()
+    style.write_text(original + "\n# an edit\n")
+    assert "uncommitted changes (advprune/report/style.py)" in _refused(repo)
+    style.write_text(original)
+    (repo / "scripts/extra.py").write_text("")  # code the commit would lack
+    assert "uncommitted changes (scripts/extra.py)" in _refused(repo)
+    (repo / "scripts/extra.py").unlink()
+
+    # A record edited after the tables were built, its modification time kept: Snakemake sees nothing to do.
+    record = repo / "results/eval/digits/small_cnn/seed0/lwm/s0.9.json"
+    content, times = record.read_bytes(), record.stat()
+    record.write_text(json.dumps({**json.loads(content), "clean_acc": 0.994}))
+    os.utime(record, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert planned(_snakemake(repo, "-n")) == {}
+    refused = _refused(repo)
+    assert "results/tables was built from results/eval/digits/small_cnn/seed0/lwm/s0.9.json, which has changed since" in refused
+    record.write_bytes(content)
+    os.utime(record, ns=(times.st_atime_ns, times.st_mtime_ns))
+
+    (repo / "results/report/STALE.txt").write_text("STALE: a run started that re-makes what the report is built from\n")
+    assert "results/report/STALE.txt: STALE" in _refused(repo)
+    (repo / "results/report/STALE.txt").unlink()
+
+
+def _remote_object(repo: Path, remote: Path, relpath: str) -> Path:
+    """The DVC remote's object of results/<relpath>, as results.dvc and its directory listing name it."""
+    listing = yaml.safe_load((repo / "results.dvc").read_text())["outs"][0]["md5"]
+    entries = json.loads((repo / ".dvc/cache/files/md5" / listing[:2] / listing[2:]).read_text())
+    md5 = next(entry["md5"] for entry in entries if entry["relpath"] == relpath)
+    return remote / "files/md5" / md5[:2] / md5[2:]
+
+
+def test_restore_names_and_removes_files_damaged_in_the_remote(published):
+    root, repo, _, _ = published
+    record, checkpoint = "eval/digits/small_cnn/seed0/dense/s0.json", "prune/digits/small_cnn/seed0/lwm/s0.9/model.pt"
+    objects = {name: _remote_object(repo, root / "remote", name) for name in (record, checkpoint)}
+    intact = {name: path.read_bytes() for name, path in objects.items()}
+    for path in objects.values():
+        path.chmod(0o644)
+    objects[record].write_text(json.dumps({**json.loads(intact[record]), "clean_acc": 0.994}))
+    flipped = bytearray(intact[checkpoint])
+    middle = len(flipped) // 2
+    flipped[middle:middle + 40] = bytes(b ^ 0xFF for b in flipped[middle:middle + 40])
+    objects[checkpoint].write_bytes(bytes(flipped))
+
+    clone = root / "damaged"
+    _run(root, "git", "clone", "-q", str(repo), str(clone))
+    restore = _run(clone, str(BIN / "advprune"), "restore", check=False)
+    assert restore.returncode != 0
+    for name in (record, checkpoint):
+        assert re.search(rf"results/{re.escape(name)}: md5 \w+, published as \w+", restore.stderr), restore.stderr
+        assert not (clone / "results" / name).exists()  # nothing reads a damaged file
+    assert "other settings or code" not in restore.stderr
+    for name, path in objects.items():
+        path.write_bytes(intact[name])
 
 
 def test_two_runs_differing_in_one_value_show_in_dvc_metrics_diff(published):

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from advprune.checkpoint import CheckpointError, load_model, save_model
 from advprune.models import build_model
 
-from conftest import PYTHON, REPO, env_with_repo
+from conftest import PYTHON, REPO, SNAKEMAKE, env_with_repo
 
 META = {"n_classes": 10, "channels": 1, "image_size": [8, 8]}
 
@@ -181,3 +182,45 @@ def test_prune_names_a_damaged_sensitivity_table(tmp_path):
     table.write_text("module,module_index,n_params,base_loss,perturbed_loss,sensitivity\nconv1,0,36,0.5,0.7,0.2\n")
     read = _script("prune")._read_sensitivity(table)
     assert list(read["module"]) == ["conv1"] and float(read["sensitivity"][0]) == 0.2  # the two columns mrpf reads
+
+
+def test_the_slurm_profile_plans_where_sinfo_gives_no_answer(tmp_path):
+    # SLURM's controller not answering (or SLURM's commands failing): the profile requests its own values, and as
+    # numbers (issue 18: fetch_data's memory reached Snakemake as the text '8000', a ResourceConversionError).
+    # squeue only has to exist: the SLURM plugin refuses to load without it; a dry run never calls it.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for command in ("sinfo", "squeue"):
+        (fake / command).write_text("#!/bin/sh\nexit 1\n")
+        (fake / command).chmod(0o755)
+    env = env_with_repo()
+    env["PATH"] = f"{fake}:{env['PATH']}"
+    run = subprocess.run([SNAKEMAKE, "--profile", str(REPO / "slurm"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path / "run"),
+                          "-n", "--configfile", str(REPO / ".test/config.yaml")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    fetch = (run.stdout + run.stderr).split("rule fetch_data:")[1].split("\n\n")[0]
+    assert "mem_mb=8000," in fetch
+
+
+def test_tables_are_marked_stale_until_rebuilt_and_name_a_changed_source(tmp_path, monkeypatch):
+    from advprune import staleness
+
+    monkeypatch.chdir(tmp_path)  # sources are recorded as the jobs name them, relative to the run's directory
+    tables, record = Path("results/tables"), Path("results/eval/r.json")
+    record.parent.mkdir(parents=True)
+    record.write_text('{"clean_acc": 0.85}')
+    assert not staleness.mark_stale(tables, {"evaluate": 1}, "aggregate")  # no tables yet: nothing to mark
+    tables.mkdir()
+    (tables / "summary.csv").write_text("clean_acc\n0.85\n")
+    assert not staleness.mark_stale(tables, {}, "aggregate")  # no job planned
+    staleness.record_sources([record], tables / staleness.SOURCES)
+    assert staleness.problems(tables) == []
+    assert staleness.mark_stale(tables, {"evaluate": 2}, "aggregate")  # a run starts re-making a record
+    assert staleness.problems(tables)[0].startswith("results/tables/STALE.txt: STALE: the Snakemake run started")
+    assert "(evaluate: 2)" in (tables / "STALE.txt").read_text()
+    staleness.record_sources([record], tables / staleness.SOURCES)  # aggregate finished
+    assert not (tables / "STALE.txt").exists() and staleness.problems(tables, root=tmp_path) == []
+    record.write_text('{"clean_acc": 0.99}')
+    assert staleness.problems(tables)[0].startswith("results/tables was built from results/eval/r.json, which has changed since (sha256 ")
+    record.unlink()
+    assert staleness.problems(tables) == ["results/tables was built from results/eval/r.json, which is missing"]

@@ -6,6 +6,7 @@ the whole pipeline is dry-run; the rest are run by the tests named in COVERED, o
 to a README is considered too; statically, none may call a tool that is not on PATH after bin/env, or sudo.
 """
 
+import json
 import os
 import re
 import signal
@@ -14,6 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+
+from advprune import staleness
+from advprune.checkpoint import load_model
 
 from conftest import REPO, copy_repo, env_with_repo, planned
 
@@ -113,12 +118,39 @@ def test_the_forcerun_example_plans_only_that_model(fresh_copy):
     assert set(plan) <= {"fetch_data", "pretrain", "prune", "finetune", "evaluate"}, plan
 
 
-@pytest.mark.parametrize("line", sorted(DRY))
-def test_the_pipeline_commands_plan(fresh_copy, line):
+@pytest.fixture(scope="module")
+def dry_runs(fresh_copy):
     repo, env = fresh_copy
-    run = _shell(repo, env, DRY[line] + " -n")
+    return {line: _shell(repo, env, DRY[line] + " -n") for line in DRY}
+
+
+@pytest.mark.parametrize("line", sorted(DRY))
+def test_the_pipeline_commands_plan(dry_runs, line):
+    run = dry_runs[line]
     assert run.returncode == 0, run.stderr[-2000:]
     assert planned(run)["report"] == 1
+
+
+def _planned_files(run) -> dict[str, set[str]]:
+    """'output' -> every output of the jobs a dry run prints (but `all`), 'all' -> the inputs of `all`."""
+    files = {"output": set(), "all": set()}
+    rule = None
+    for line in (run.stdout + run.stderr).splitlines():
+        if m := re.match(r"(?:local)?rule (\w+):$", line):
+            rule = m[1]
+        elif m := re.match(r"    (input|output): (.*)$", line):
+            if (rule == "all") == (m[1] == "input"):
+                files["all" if rule == "all" else "output"].update(m[2].split(", "))
+    return files
+
+
+@pytest.mark.parametrize("line", sorted(DRY))
+def test_the_default_target_requires_every_output(dry_runs, line):
+    # Snakemake re-runs a job whose output is missing only when the target, or a job it runs, requires that output:
+    # an output the target does not require would, once deleted or lost to a failed re-run, never be recomputed.
+    files = _planned_files(dry_runs[line])
+    assert len(files["output"]) > 100 and any("/studies/" in f for f in files["output"]), files["output"]
+    assert files["output"] <= files["all"], sorted(files["output"] - files["all"])
 
 
 @pytest.mark.slow  # about 30 s: the four scripts on the default config (pretraining and AutoAttack run for real)
@@ -150,3 +182,102 @@ def test_after_a_kill_unlock_then_the_same_command_finishes(tmp_path):
     again = _shell(repo, env, AGAIN + target, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (repo / "resources/data/digits/meta.json").exists()
+
+
+def _edit_config(repo: Path, edit) -> None:
+    path = repo / "config/config.yaml"
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished run of a small config (.test's, one pruned model), written as config/config.yaml so that the
+    README's commands run it as written."""
+    repo, env = _fresh_copy(tmp_path_factory.mktemp("recovery"))
+    (repo / "config/config.yaml").write_text((repo / ".test/config.yaml").read_text())
+
+    def small(config):
+        config["pretrain"]["epochs"] = 1
+        config["prune"].update(sparsities=[0.9], methods={"lwm": {}})
+        config["finetune"]["epochs"] = 0
+        config["evaluate"]["n_examples"] = 16
+        config["report"]["formats"] = ["png"]
+
+    _edit_config(repo, small)
+    run = _shell(repo, env, AGAIN, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return repo, env
+
+
+def _stale(repo: Path) -> list[str]:
+    return staleness.problems("results/tables", repo) + staleness.problems("results/report", repo)
+
+
+# README, "When something fails": a damaged checkpoint or results file is named; "delete that file and run the
+# same command again". Each such file of the small run, and what the command then re-makes.
+DAMAGED = {
+    "results/finetune/digits/small_cnn/seed0/lwm/s0.9/model.pt": {"finetune", "evaluate", "aggregate", "report"},
+    "results/eval/digits/small_cnn/seed0/lwm/s0.9.json": {"evaluate", "aggregate", "report"},
+    "results/tables/summary.csv": {"aggregate", "report"},
+    "results/finetune/digits/small_cnn/seed0/lwm/s0.9/curve.csv": {"finetune", "evaluate", "aggregate", "report"},
+    "results/prune/digits/small_cnn/seed0/lwm/s0.9/info.json": {"prune", "finetune", "evaluate", "aggregate", "report"},
+}
+
+
+@pytest.mark.slow  # a dry run per file
+def test_a_deleted_output_is_planned_again_with_what_depends_on_it(finished_run):
+    repo, env = finished_run
+    for name, rules in DAMAGED.items():
+        path = repo / name
+        path.rename(path.with_name(path.name + ".aside"))  # its modification time kept for when it comes back
+        assert set(planned(_shell(repo, env, AGAIN + " -n"))) == rules | {"all"}, name
+        path.with_name(path.name + ".aside").rename(path)
+    assert planned(_shell(repo, env, AGAIN + " -n")) == {}
+
+
+@pytest.mark.slow  # three runs of a few jobs each
+def test_a_stopped_or_failed_rerun_marks_the_tables_stale_and_the_readme_remedies_recompute(finished_run):
+    repo, env = finished_run
+    checkpoint = "results/finetune/digits/small_cnn/seed0/lwm/s0.9/model.pt"
+    records = [repo / f"results/eval/digits/small_cnn/seed0/{m}.json" for m in ("dense/s0", "lwm/s0.9")]
+    assert not _stale(repo)
+    settings = [json.loads(r.read_text())["provenance"]["config_hash"] for r in records]
+    _edit_config(repo, lambda config: config["evaluate"]["pgd"].update(steps=5))  # both records are made again
+
+    # Ctrl-C (SIGINT to the foreground process group, as a terminal sends it) once an evaluation has started:
+    # Snakemake deletes the records it was re-making; the tables built from them are marked stale.
+    output = repo / "stopped.out"
+    with open(output, "w") as out:  # SIGINT's default action as in a terminal, also when pytest itself runs in the background
+        proc = subprocess.Popen(["bash", "-c", AGAIN], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.time() + 300
+        while "rule evaluate:" not in output.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)  # into the job
+        assert proc.poll() is None, output.read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    assert not all(r.exists() for r in records)
+    assert (repo / "results/tables/STALE.txt").exists() and (repo / "results/report/STALE.txt").exists()
+
+    # A damaged checkpoint, found when the same command re-makes the evaluation that reads it, is named with the remedy.
+    (repo / checkpoint).write_bytes((repo / checkpoint).read_bytes()[:1000])
+    failed = _shell(repo, env, AGAIN, timeout=600)
+    job_log = repo / "logs/evaluate/digits/small_cnn/seed0/lwm/s0.9.log"
+    assert failed.returncode != 0 and job_log.exists(), failed.stderr[-3000:]
+    assert f"{checkpoint}: truncated or corrupt checkpoint" in job_log.read_text() and "delete it" in job_log.read_text()
+    assert "STALE" in _stale(repo)[0]  # never silently old
+
+    # README: "delete that file and run the same command again; Snakemake recomputes it and what depends on it"
+    # (for the checkpoint and, in the same run, each kind of results file).
+    for name in DAMAGED:
+        (repo / name).unlink(missing_ok=True)
+    again = _shell(repo, env, AGAIN, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert all((repo / name).exists() for name in DAMAGED)
+    load_model(repo / checkpoint)
+    assert all(json.loads(r.read_text())["provenance"]["config_hash"] != before for r, before in zip(records, settings))
+    assert not _stale(repo)
+    assert planned(_shell(repo, env, AGAIN + " -n")) == {}

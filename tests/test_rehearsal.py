@@ -76,6 +76,37 @@ def test_start_checkpoints_are_written_in_robustbench_layout_inside_the_scratch_
     assert model.fc.out_features == 100
 
 
+def test_clean_validates_every_config_before_deleting_anything(tmp_path, capsys):
+    results = tmp_path / "results"
+    (results / "eval").mkdir(parents=True)
+    (results / "eval/record.json").write_text("{}")
+    with pytest.raises(SystemExit) as error:  # a directory given where a config belongs
+        rehearsal.main(["--clean", "--workdir", str(tmp_path), str(results)])
+    assert "results" in str(error.value) and "\n" not in str(error.value)
+    assert (results / "eval/record.json").exists()
+
+
+def test_clean_deletes_only_what_a_rehearsal_made(tmp_path):
+    config = tmp_path / "results.yaml"  # a valid config whose scratch directory would be tmp_path/results
+    config.write_text((REPO / ".test/config.yaml").read_text())
+    results = tmp_path / "results"
+    (results / "eval").mkdir(parents=True)
+    (results / "eval/record.json").write_text("{}")
+    with pytest.raises(SystemExit) as error:
+        rehearsal.main(["--clean", "--workdir", str(tmp_path), str(config)])
+    assert f"{results} has no {rehearsal.MARKER}; nothing was deleted" in str(error.value)
+    assert (results / "eval/record.json").exists()
+    with pytest.raises(rehearsal.RehearsalError, match="is not a rehearsal directory"):  # nor is it used without --clean
+        rehearsal.rehearse(config, results)
+    assert sorted(p.name for p in results.iterdir()) == ["eval"]
+
+    made = tmp_path / "made"
+    rehearsal._claim(made, config)
+    (made / "results").mkdir()
+    rehearsal.delete_workdirs([made])
+    assert not made.exists()
+
+
 @pytest.fixture(scope="module")
 def rehearsed(tmp_path_factory):
     """Every paper config and one broken config, rehearsed two at a time as `advprune rehearse config/paper/*.yaml`

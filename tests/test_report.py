@@ -744,7 +744,7 @@ def test_aggregate_writes_intervals_and_per_point_results(tmp_path):
         paths.append(str(path))
     out = {name: str(tmp_path / f"tables/{name}.csv") for name in ("summary", "layer_sparsity", "sensitivity", "training_curves",
                                                                     "prune_curves", "per_point", "provenance", *aggregate.STUDY_COLUMNS)}
-    out |= {"metrics": str(tmp_path / "tables/summary.json"), "plots": str(tmp_path / "plots")}
+    out |= {"metrics": str(tmp_path / "tables/summary.json"), "plots": str(tmp_path / "plots"), "sources": str(tmp_path / "tables/sources.json")}
     aggregate.main(paths, [], [], [], out)
     summary = pd.read_csv(out["summary"]).set_index("method")
     # 35 of 50: Wilson centre 0.68572, half-width 0.12323.

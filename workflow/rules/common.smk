@@ -235,32 +235,63 @@ def _study_record(path, wildcards):
     return {"path": path, "labels": eval_labels(wildcards)}
 
 
-def study_records():
-    """Table name -> the evaluation records of that study (see _study_record)."""
+def _study_variants():
+    """Table name -> (record path pattern, wildcards) of every evaluation in that study."""
     from snakemake.iocontainers import Wildcards
 
-    def records(pattern, variants):
+    def variants(pattern, variants):
         out = []
         for run in _runs("{dataset}/{arch}/{seed}", False):
             dataset, arch, seed = run.split("/")
-            for variant in variants:
-                ids = dict(dataset=dataset, arch=arch, seed=seed, **variant)
-                out.append(_study_record(pattern.format(**ids), Wildcards(fromdict=ids)))
+            out += [(pattern, Wildcards(fromdict=dict(dataset=dataset, arch=arch, seed=seed, **variant))) for variant in variants]
         return out
 
     tables = {"study_finetune": [], "study_objectives": []}
     if "finetune" in STUDIES:
         study = STUDIES["finetune"]
-        variants = [dict(method=m, sparsity=cfg.fmt_sparsity(study["sparsity"]), mode=mode) for m in study["methods"] for mode in study["modes"]]
-        tables["study_finetune"] = records("results/studies/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/{mode}/eval.json", variants)
+        modes = [dict(method=m, sparsity=cfg.fmt_sparsity(study["sparsity"]), mode=mode) for m in study["methods"] for mode in study["modes"]]
+        tables["study_finetune"] = variants("results/studies/finetune/{dataset}/{arch}/seed{seed}/{method}/s{sparsity}/{mode}/eval.json", modes)
     if "objectives" in STUDIES:
         study = STUDIES["objectives"]
         dense = [dict(pre=pre) for pre in dict.fromkeys(pre for pre, _ in study["pairs"])]
         pruned = [dict(pre=pre, ft=ft, method=study["method"], sparsity=cfg.fmt_sparsity(study["sparsity"])) for pre, ft in study["pairs"]]
-        tables["study_objectives"] = records("results/studies/objectives/{dataset}/{arch}/seed{seed}/{pre}/dense.json", dense) + records(
+        tables["study_objectives"] = variants("results/studies/objectives/{dataset}/{arch}/seed{seed}/{pre}/dense.json", dense) + variants(
             "results/studies/objectives/{dataset}/{arch}/seed{seed}/{pre}/{method}/s{sparsity}/{ft}/eval.json", pruned
         )
     return tables
+
+
+def study_records():
+    """Table name -> the evaluation records of that study (see _study_record)."""
+    return {table: [_study_record(pattern.format(**wildcards), wildcards) for pattern, wildcards in variants]
+            for table, variants in _study_variants().items()}
+
+
+def _computed_from(wildcards):
+    """The prepared data and every checkpoint, with its curve or prune info, that the evaluation record of these
+    wildcards is computed from (the study's own or the main pipeline's, as its evaluation job reads them)."""
+    pretrained = pretrained_model(wildcards)
+    files = [*data_files(wildcards), pretrained, f"{os.path.dirname(pretrained)}/curve.csv"]
+    if wildcards.get("method", "dense") != "dense":  # (the sensitivity tables are aggregate's inputs)
+        pruned, finetuned = pruned_model(wildcards), finetuned_model(wildcards)
+        files += [pruned, f"{os.path.dirname(pruned)}/info.json", finetuned, f"{os.path.dirname(finetuned)}/curve.csv"]
+    return files
+
+
+def computed_outputs():
+    """Every checkpoint, curve, prune info and prepared dataset that an evaluation record is computed from.
+
+    Part of the default target with the tables and their inputs: Snakemake re-runs a job whose output is missing
+    only when the target, or a job that must run, requires that output. Without this, a deleted or failed
+    intermediate behind tables that still exist (a checkpoint deleted as damaged, a record whose re-run was
+    killed) would leave `snakemake` with "Nothing to be done"."""
+    from snakemake.iocontainers import Wildcards
+
+    main = [Wildcards(fromdict=dict(zip(("dataset", "arch", "seed", "method", "sparsity"), run.split("|"))))
+            for run in _runs("{dataset}|{arch}|{seed}|dense|0", False) + _runs("{dataset}|{arch}|{seed}|{method}|{sparsity}", True)]
+    studies = [wildcards for variants in _study_variants().values() for _, wildcards in variants]
+    external = [f"results/external/{e['dataset']}/{e['arch']}/{name}/s{cfg.fmt_sparsity(e['sparsity'])}/model.pt" for name, e in EXTERNAL.items()]
+    return list(dict.fromkeys([*(path for wildcards in main + studies for path in _computed_from(wildcards)), *external]))
 
 
 REPORT_DIR = "results/report"

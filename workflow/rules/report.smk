@@ -1,3 +1,19 @@
+from collections import Counter
+
+from advprune import staleness
+
+
+# Before a run starts anything the tables or the report are built from, mark them stale (advprune/staleness.py):
+# Snakemake deletes the outputs of every job it starts, and a run that fails or is stopped would otherwise leave
+# tables and figures showing numbers that no record supports any more. aggregate and report remove the mark.
+onstart:
+    if not workflow.touch:  # `--touch` (advprune restore) runs no job
+        planned = Counter(job.rule.name for job in workflow.dag.needrun_jobs())  # this run's jobs, from Snakemake's own DAG
+        planned.pop("all", None)
+        staleness.mark_stale("results/tables", {rule: n for rule, n in planned.items() if rule != "report"}, "aggregate")
+        staleness.mark_stale(REPORT_DIR, planned, "report")
+
+
 # Reading CSVs and drawing figures takes seconds and no GPU: on a cluster these run in the Snakemake process
 # itself (the login node) instead of waiting in the queue.
 localrules:
@@ -32,6 +48,8 @@ rule aggregate:
         # declared in dvc.yaml: `dvc metrics diff` / `dvc plots diff` between commits
         metrics="results/tables/summary.json",
         plots=directory("results/plots"),
+        # the sha256 of every file read: `advprune publish` checks that the tables still match them
+        sources=f"results/tables/{staleness.SOURCES}",
     params:
         studies=study_records(),
         code=code("aggregate.py"),
@@ -56,6 +74,7 @@ rule report:
         [path for path in rules.aggregate.output if path.endswith(".csv")],
     output:
         annotated_report_outputs(),
+        sources=f"{REPORT_DIR}/{staleness.SOURCES}",
     params:
         tables_dir=parent_dir_of_input,
         out_dir=common_dir_of_output,
