@@ -82,6 +82,8 @@ from advprune.training.losses import Objective
 from advprune.training.trainer import accuracy, robust_accuracy
 
 GRANULARITIES = ("unstructured", "channel")
+OFFICIAL_EPOCH_STEPS = 391  # optimizer steps of one epoch of the official runs: CIFAR-10's 50,000 training images at batch 128
+DENSITY_TOLERANCE = 0.01  # converged: the final allocation rescales the learned one by at most 1 % (module docstring)
 RATE_INITS = ("uniform", "erk", "lamp")
 CHANNEL_BUDGETS = ("flops", "params")
 PHASE = "harp"
@@ -95,8 +97,9 @@ class Harp(PruningMethod):
 
     def __init__(self, granularity: str = "unstructured", objective: str | None = None, trades_beta: float | None = None,
                  mart_beta: float | None = None, gamma0: float = 0.01, r_min_factor: float = 0.1, rate_init: str = "uniform",
-                 init_density: float | None = None, channel_budget: str = "flops", epochs: int = 20, batch_size: int = 128, lr: float = 0.1,
-                 lr_rates: float | None = None, momentum: float = 0.9, weight_decay: float = 5e-4, schedule: str = "cosine", freeze_bn: bool = False):
+                 init_density: float | None = None, channel_budget: str = "flops", epochs: int = 20, epoch_steps: int | None = OFFICIAL_EPOCH_STEPS,
+                 batch_size: int = 128, lr: float = 0.1, lr_rates: float | None = None, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 schedule: str = "cosine", freeze_bn: bool = False):
         if granularity not in GRANULARITIES:
             raise ValueError(f"harp: granularity must be one of {', '.join(GRANULARITIES)}, not {granularity!r}")
         if objective is not None and objective not in OBJECTIVES:
@@ -118,6 +121,8 @@ class Harp(PruningMethod):
             raise ValueError(f"harp: channel_budget must be one of {', '.join(CHANNEL_BUDGETS)}, not {channel_budget!r}")
         if not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"harp: epochs must be an integer >= 0 (0 = the initial strategy), not {epochs!r}")
+        if epoch_steps is not None and (isinstance(epoch_steps, bool) or not isinstance(epoch_steps, int) or epoch_steps < 1):
+            raise ValueError(f"harp: epoch_steps must be null or an integer >= 1, not {epoch_steps!r}")
         if not lr > 0 or (lr_rates is not None and not lr_rates > 0) or not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"harp: need lr > 0, lr_rates null or > 0, batch_size >= 1; got {lr}, {lr_rates}, {batch_size}")
         if not 0 <= momentum <= 1 or not weight_decay >= 0:
@@ -128,10 +133,16 @@ class Harp(PruningMethod):
             raise ValueError(f"harp: freeze_bn must be true or false, not {freeze_bn!r}")
         self.granularity, self.objective, self.trades_beta, self.mart_beta = granularity, objective, trades_beta, mart_beta
         self.gamma0, self.r_min_factor, self.rate_init, self.channel_budget = gamma0, r_min_factor, rate_init, channel_budget
+        self.epochs, self.epoch_steps = epochs, epoch_steps
         self.init_density = init_density if init_density is not None else (0.1 if granularity == "unstructured" else 1.0)
         self.lr, self.lr_rates, self.freeze_bn = lr, lr_rates if lr_rates is not None else lr, freeze_bn
-        self.settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule)
+        self.settings = {"batch_size": batch_size, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule}
         self.structured = granularity == "channel"
+
+    def passes_per_epoch(self, n_train: int) -> int:
+        """Passes over a training split of n_train examples that make one epoch of the schedule (at least one)."""
+        steps_per_pass = -(-n_train // self.settings["batch_size"])
+        return max(1, round(self.epoch_steps / steps_per_pass)) if self.epoch_steps else 1
 
     def prune(self, model, sparsity, context):
         if not 0 < sparsity < 1:
@@ -148,11 +159,13 @@ class Harp(PruningMethod):
             base = context.build_objective(self.objective, trades_beta=self.trades_beta, mart_beta=self.mart_beta)
             attack = context.objective["attack"]
             val_attack = PGD(context.threat_model["eps"], attack["step_size"], attack["steps"])
-            objective = HarpObjective(base, units, params, target, self.gamma0, context.val, val_attack)
+            passes = self.passes_per_epoch(len(context.train))
+            objective = HarpObjective(base, units, params, target, self.gamma0, context.val, val_attack, passes)
             groups = [{"params": list(params.scores.values()), "lr": self.lr}, {"params": list(params.logits.values()), "lr": self.lr_rates}]
             if params.batchnorm:
                 groups.append({"params": params.batchnorm, "lr": self.lr})
-            curve = context.fit(model, objective, self.settings, phase=PHASE, validate_robust=False, param_groups=groups, keep_best="selection_score")
+            settings = TrainSettings(epochs=self.epochs * passes, **self.settings)
+            curve = context.fit(model, objective, settings, phase=PHASE, validate_robust=False, param_groups=groups, keep_best="selection_score")
             with torch.no_grad():
                 learned = {name: float(r) for name, r in params.rates().items()}
                 learned_density = float(units.density(params.rates()))
@@ -163,12 +176,14 @@ class Harp(PruningMethod):
         selected = max(range(len(curve)), key=lambda i: curve[i]["selection_score"], default=None)  # first maximum, as keep_best
         info = {
             "objective": base.name, "granularity": self.granularity, "target_density": target, "r_min": r_min,
+            "passes_per_epoch": passes,
             "initial_rates": {name: float(r) for name, r in initial.items()}, "learned_rates": learned, "learned_density": learned_density,
             "rates": {name: counts[name] / units.sizes[name] for name in units.names}, "corrected": corrected,
             "selected_epoch": None if selected is None else curve[selected]["epoch"],
             "target_reached": bool(selected is not None and curve[selected]["target_reached"]),
             "gamma_frozen": objective.frozen_gamma, "curves": {PHASE: curve},
         }
+        info["convergence"] = convergence(curve, None if selected is None else curve[selected], learned_density, target)
         keep = {name: _keep_largest(magnitudes[name], counts[name]) for name in units.names}
         if not self.structured:
             return PruneResult(masks=keep, info=info)
@@ -179,6 +194,25 @@ class Harp(PruningMethod):
         if achieved < sparsity:
             log.warning("harp: even one channel per group removes only %.4f of the %s (target %.4f)", achieved, self.channel_budget, sparsity)
         return PruneResult(model=small, info=info)
+
+
+def convergence(curve: list[dict], selected: dict | None, learned_density: float, target: float) -> dict:
+    """Whether HARP ran its course: gamma froze (the budget was met after some epoch, train.py's reach_hw) and the
+    selected pass's learned density is within DENSITY_TOLERANCE of the target, so that the final rescaling keeps
+    what HARP learned (module docstring). Curve rows are passes over the training split."""
+    frozen_at = next((row["epoch"] for row in curve if row["target_reached"]), None)
+    band = [target * (1 - DENSITY_TOLERANCE), target * (1 + DENSITY_TOLERANCE)]
+    checks = {
+        "gamma_frozen": {"value": frozen_at, "target": f"a pass <= {len(curve)}", "ok": frozen_at is not None},
+        "learned_density": {"value": learned_density, "target": band, "ok": band[0] <= learned_density <= band[1]},
+    }
+    if frozen_at:
+        froze = f"gamma froze at {curve[frozen_at - 1]['gamma']:.3g} after pass {frozen_at} of {len(curve)}"
+    else:
+        froze = f"gamma never froze in {len(curve)} passes"
+    chosen = f"pass {selected['epoch']}" if selected else "no pass"
+    summary = f"{froze}; {chosen} selected, learned density {learned_density:.4%} vs target {target:.4%} ({learned_density / target - 1:+.1%})"
+    return {"converged": all(c["ok"] for c in checks.values()), "summary": summary, "checks": checks}
 
 
 # ---- rates, masks, straight-through estimator ------------------------------------------------------------
@@ -437,16 +471,17 @@ class HarpObjective(Objective):
     and the checkpoint-selection score (see the module docstring), and curve columns for c, L_hw, gamma and
     each unit's rate. Its state (epochs done, frozen gamma) is resumed with the loop's."""
 
-    def __init__(self, base: Objective, units, params: _Params, target: float, gamma0: float, val=None, val_attack: PGD | None = None):
+    def __init__(self, base: Objective, units, params: _Params, target: float, gamma0: float, val=None, val_attack: PGD | None = None,
+                 passes: int = 1):
         self.base, self.units, self.params, self.target, self.gamma0 = base, units, params, target, gamma0
-        self.val, self.val_attack = val, val_attack
+        self.val, self.val_attack, self.passes = val, val_attack, passes
         self.name, self.adversarial, self.attack_steps = base.name, base.adversarial, base.attack_steps
         self.epochs_done, self.frozen_gamma = 0, None
 
     @property
     def gamma(self) -> float:
-        """gamma_t of the current epoch t = epochs_done."""
-        return self.frozen_gamma if self.frozen_gamma is not None else (self.epochs_done + 1) * self.gamma0
+        """gamma_t of the current schedule epoch t (epochs_done counts passes, `passes` to an epoch)."""
+        return self.frozen_gamma if self.frozen_gamma is not None else (self.epochs_done // self.passes + 1) * self.gamma0
 
     def hw_loss(self) -> torch.Tensor:
         return torch.clamp(self.units.density(self.params.rates()) / self.target - 1.0, min=0.0)
@@ -465,7 +500,8 @@ class HarpObjective(Objective):
             rates = self.params.rates()
             density = float(self.units.density(rates))
             hw = float(self.hw_loss())
-        if self.frozen_gamma is None and round(hw, 4) == 0:  # train.py: np.round(loss_hw, 4) == 0
+        # train.py tests np.round(loss_hw, 4) == 0 after every epoch: here after the last pass of each schedule epoch
+        if self.frozen_gamma is None and (epoch + 1) % self.passes == 0 and round(hw, 4) == 0:
             self.frozen_gamma = gamma
         self.epochs_done = epoch + 1
         reached = self.frozen_gamma is not None
