@@ -9,7 +9,7 @@ in a scratch directory on a covering set of (dataset, architecture) pairs (`invo
 dataset) and checks after each run that every report output exists.
 
 What is shrunk, and only that: one seed; one sparsity (the one a study uses when a study's sparsity is among the
-config's, so the study reuses the main jobs as it does at full scale; else the largest); epochs to one (zero stays
+config's, so the study reuses the main jobs as it does at full scale; else the largest); epochs to one pass (zero stays
 zero); attack steps to two, sensitivity ascent to one step; batch sizes to 16 (every run still takes several
 batches); architecture widths to a few channels (widened where the sparsity would leave fewer weights than
 layers); the data to a few images of four classes per dataset
@@ -62,6 +62,7 @@ WIDTH = 2  # every architecture with a `width` option (resnet18, vgg16_bn: 2 = 2
 KEPT_PER_LAYER = 4  # ... widened until the rehearsal's sparsity keeps this many weights per layer on average
 # option keys of method entries and fine-tuning overrides that count epochs (0 keeps its meaning: none)
 EPOCH_KEYS = ("epochs", "admm_epochs", "retrain_epochs", "finetune_epochs", "eps_ramp_epochs")
+PASS_KEYS = ("epoch_steps",)  # method options that stretch an epoch over several passes of the data (PwoA): one pass
 # Written into every scratch directory a rehearsal makes: only such a directory is used again or deleted (--clean).
 MARKER = ".advprune-rehearsal"
 
@@ -78,6 +79,9 @@ def _shrink_training(section: dict) -> None:
     for key in EPOCH_KEYS:
         if key in section:
             section[key] = _fewer(section[key], EPOCHS)
+    for key in PASS_KEYS:
+        if section.get(key):
+            section[key] = 1
     if "batch_size" in section:
         section["batch_size"] = max(2, _fewer(section["batch_size"], BATCH_SIZE))
     if "attack" in section:

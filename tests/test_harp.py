@@ -10,7 +10,7 @@ from advprune.attacks.fused import AttackView
 from advprune.data import load_split
 from advprune.pruning import build_method, layer_sparsity, prunable_weights
 from advprune.pruning._structured import remove_channels, structured_cost
-from advprune.pruning.harp import Harp, HarpObjective, _ChannelUnits, _erk, _harp_phase, _initial_rates, _WeightUnits, rate_from_logit
+from advprune.pruning.harp import Harp, HarpObjective, _ChannelUnits, _erk, _harp_phase, _initial_rates, _WeightUnits, convergence, rate_from_logit
 from advprune.training import TrainSettings, apply_masks, build_objective, train
 from conftest import PRETRAIN, REPO, prune_context, small_model
 
@@ -37,7 +37,8 @@ def _measured_sparsity(model, masks):
 ])
 def test_unstructured_learns_non_uniform_rates_and_meets_the_target(digits_dir, arch, sparsity, options):
     model = small_model(arch)
-    result = build_method("harp", epochs=3, batch_size=64, gamma0=2.0, lr_rates=0.2, **options).prune(model, sparsity, prune_context(digits_dir))
+    method = build_method("harp", epochs=3, batch_size=64, epoch_steps=None, gamma0=2.0, lr_rates=0.2, **options)
+    result = method.prune(model, sparsity, prune_context(digits_dir))
     info = result.info
     assert set(result.masks) == set(prunable_weights(model)) == set(info["rates"])
     assert abs(_measured_sparsity(model, result.masks) - sparsity) < 0.005
@@ -95,6 +96,34 @@ def test_gamma_grows_per_epoch_freezes_at_the_target_and_its_state_round_trips(d
     assert HarpObjective(base, units, params, target, gamma0=0.01).gamma == pytest.approx(0.01)
 
 
+def test_an_epoch_of_the_schedule_spans_the_passes_its_steps_need(digits_dir):
+    """epoch_steps 8 on 256 training images at batch 64 (4 steps a pass): an epoch is two passes; gamma grows and
+    the target is tested once per epoch, as train.py does after each of its 391-step epochs."""
+    method = build_method("harp", epochs=2, batch_size=64, epoch_steps=8, objective="natural", gamma0=0.5)
+    assert method.passes_per_epoch(256) == 2 and method.passes_per_epoch(10_000) == 1  # never less than one pass
+    info = method.prune(small_model(), 0.9, prune_context(digits_dir)).info
+    curve = info["curves"]["harp"]
+    assert info["passes_per_epoch"] == 2 and len(curve) == 4 and sum(row["steps"] for row in curve) == 16
+    assert not curve[0]["target_reached"]  # mid-epoch: not tested, whatever its loss
+    frozen = next(i for i, row in enumerate(curve) if row["target_reached"])
+    assert frozen in (1, 3) and round(curve[frozen]["hw_loss"], 4) == 0
+    assert [row["gamma"] for row in curve[: frozen + 1]] == pytest.approx([0.5, 0.5, 1.0, 1.0][: frozen + 1])
+    assert all(row["gamma"] == curve[frozen]["gamma"] for row in curve[frozen:])
+    assert info["convergence"]["checks"]["gamma_frozen"] == {"value": frozen + 1, "target": "a pass <= 4", "ok": True}
+
+
+def test_convergence_needs_gamma_frozen_and_the_learned_density_on_the_target():
+    curve = [{"epoch": 1, "target_reached": False, "gamma": 0.01}, {"epoch": 2, "target_reached": True, "gamma": 0.02},
+             {"epoch": 3, "target_reached": True, "gamma": 0.02}]
+    report = convergence(curve, curve[2], 0.01004, 0.01)
+    assert report["converged"] and report["checks"]["gamma_frozen"]["value"] == 2
+    assert report["summary"] == "gamma froze at 0.02 after pass 2 of 3; pass 3 selected, learned density 1.0040% vs target 1.0000% (+0.4%)"
+    overshot = convergence(curve, curve[2], 0.0098, 0.01)  # the rescaling would add 2 % of the weights HARP kept
+    assert not overshot["converged"] and overshot["checks"]["learned_density"]["target"] == pytest.approx([0.0099, 0.0101])
+    never = convergence([{**row, "target_reached": False} for row in curve], curve[2], 0.01, 0.01)
+    assert not never["converged"] and never["checks"]["gamma_frozen"]["value"] is None and "never froze in 3 passes" in never["summary"]
+
+
 def test_straight_through_gradients_reach_scores_and_rates():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
@@ -137,7 +166,7 @@ def test_the_attack_view_sees_the_masked_network():
 def test_checkpoint_is_the_best_validation_epoch_once_the_target_is_met(digits_dir, trained):
     model = copy.deepcopy(trained)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    method = build_method("harp", epochs=4, batch_size=64, init_density=0.6, gamma0=0.5, lr_rates=0.5, objective="natural")
+    method = build_method("harp", epochs=4, batch_size=64, epoch_steps=None, init_density=0.6, gamma0=0.5, lr_rates=0.5, objective="natural")
     info = method.prune(model, 0.8, prune_context(digits_dir)).info
     curve = info["curves"]["harp"]
     reached = [r for r in curve if r["target_reached"]]
@@ -153,7 +182,7 @@ def test_checkpoint_is_the_best_validation_epoch_once_the_target_is_met(digits_d
 
 
 def test_a_rerun_resumes_with_the_objective_state(digits_dir, tmp_path):
-    method = build_method("harp", epochs=2, batch_size=64, gamma0=1.0)
+    method = build_method("harp", epochs=2, batch_size=64, epoch_steps=None, gamma0=1.0)
     first = method.prune(small_model(), 0.9, prune_context(digits_dir, resume_prefix=str(tmp_path / "job")))
     again = method.prune(small_model(), 0.9, prune_context(digits_dir, resume_prefix=str(tmp_path / "job")))
     assert all(torch.equal(first.masks[k], again.masks[k]) for k in first.masks)
@@ -182,7 +211,7 @@ def test_channel_masks_compute_what_the_smaller_network_computes(arch):
 def test_channel_variant_returns_a_smaller_network_within_the_budget(digits_dir, budget):
     model = small_model("resnet18")
     sparsity = 0.5
-    method = build_method("harp", granularity="channel", channel_budget=budget, epochs=2, batch_size=64, gamma0=1.0)
+    method = build_method("harp", granularity="channel", channel_budget=budget, epochs=2, batch_size=64, epoch_steps=None, gamma0=1.0)
     assert method.structured
     result = method.prune(model, sparsity, prune_context(digits_dir))
     info, x = result.info, torch.rand(2, 1, 8, 8)
@@ -201,7 +230,8 @@ def test_channel_variant_returns_a_smaller_network_within_the_budget(digits_dir,
 
 def test_channel_rates_learn_the_budget(digits_dir):
     model = small_model("resnet18")
-    result = build_method("harp", granularity="channel", epochs=3, batch_size=64, gamma0=1.0, lr_rates=10.0).prune(model, 0.5, prune_context(digits_dir))
+    method = build_method("harp", granularity="channel", epochs=3, batch_size=64, epoch_steps=None, gamma0=1.0, lr_rates=10.0)
+    result = method.prune(model, 0.5, prune_context(digits_dir))
     info = result.info
     assert info["target_reached"] and info["learned_density"] <= 0.5
     rates = torch.tensor(list(info["learned_rates"].values()))
@@ -224,7 +254,7 @@ def test_initial_strategies():
 def test_options_are_validated_and_the_schema_defaults_are_the_constructors():
     for bad in ({"granularity": "filter"}, {"objective": "adv"}, {"gamma0": 0}, {"r_min_factor": 1}, {"rate_init": "snip"},
                 {"init_density": 0}, {"channel_budget": "latency"}, {"epochs": -1}, {"lr_rates": 0}, {"schedule": "step"},
-                {"freeze_bn": "no"}, {"trades_beta": -1}):
+                {"freeze_bn": "no"}, {"trades_beta": -1}, {"epoch_steps": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             build_method("harp", **bad)
     with pytest.raises(ValueError, match="uniform"):

@@ -11,11 +11,13 @@ import yaml
 from conftest import REPO, prune_context, small_model
 
 from advprune.attacks.pgd import PGD
+from advprune.training import trainer
 from advprune.pruning import build_method, layer_sparsity, prunable_weights
-from advprune.pruning.pwoa import ADMM, PwoA, PwoALoss, _collect, centered_kernel, hidden_taps, normalized_hsic
+from advprune.pruning.pwoa import GAP_CLOSED, ADMM, PwoA, PwoALoss, _collect, centered_kernel, convergence, hidden_taps, normalized_hsic
 
-FAST = {"admm_epochs": 2, "retrain_epochs": 1, "rho_every": 1, "batch_size": 64}
-TERMS = ("loss_distill", "loss_hsic_x", "loss_hsic_y", "loss_ce", "adv_batches")
+FAST = {"admm_epochs": 2, "retrain_epochs": 1, "rho_every": 1, "batch_size": 64, "epoch_steps": None}
+TERMS = ("loss_distill", "loss_ce", "adv_batches")
+HSIC = ("loss_hsic_x", "loss_hsic_y")
 
 
 def _context(digits_dir, **kwargs):
@@ -24,14 +26,28 @@ def _context(digits_dir, **kwargs):
 
 @pytest.fixture
 def attack_calls(monkeypatch):
-    """Counts every call into an attack (our PGD, every torchattacks attack) while the real method runs."""
+    """Counts every call into an attack (our PGD, every torchattacks attack) while the real method runs, under
+    "training" inside the training steps (where PwoA's claim is that none are made) and "other" elsewhere."""
     calls = collections.Counter()
+    stepping = []
+    real_step = trainer.training_step
+
+    @functools.wraps(real_step)
+    def step(*args, **kwargs):
+        stepping.append(True)
+        try:
+            return real_step(*args, **kwargs)
+        finally:
+            stepping.pop()
+
+    monkeypatch.setattr(trainer, "training_step", step)
 
     def count(cls, name):
         real = getattr(cls, name)
 
         @functools.wraps(real)
         def counted(*args, **kwargs):
+            calls["training" if stepping else "other"] += 1
             calls[f"{cls.__name__}.{name}"] += 1
             return real(*args, **kwargs)
 
@@ -59,23 +75,33 @@ def test_pwoa_reaches_the_target_sparsity_and_reports_its_loss_terms(digits_dir,
 
     curves = result.info["curves"]
     assert [len(curves["admm"]), len(curves["retrain"])] == [2, 1]
-    for phase, extra in (("admm", ("loss_admm", "rho", "prune_gap")), ("retrain", ())):
+    for phase, extra in (("admm", ("loss_admm", "rho", "prune_gap")), ("retrain", HSIC)):
         for row in curves[phase]:
             assert all(math.isfinite(row[k]) for k in (*TERMS, *extra)), row
-            assert row["loss_hsic_x"] > 0 and row["loss_hsic_y"] > 0 and row["adv_batches"] == 0
-            assert math.isnan(row["val_robust_acc"])  # no robust validation without an attack
+            assert row["adv_batches"] == 0
+    # HSIC is computed where it is weighted (official: retraining only), never for a curve column alone
+    assert all(row["loss_hsic_x"] > 0 and row["loss_hsic_y"] > 0 for row in curves["retrain"])
+    assert not any(key in row for key in HSIC for row in curves["admm"])
     assert "loss_admm" not in curves["retrain"][0]
+    # only the retraining validates robustly: it keeps its epoch of best robust validation accuracy (official, on test)
+    assert all(math.isnan(row["val_robust_acc"]) for row in curves["admm"])
+    assert all(0 <= row["val_robust_acc"] <= 1 for row in curves["retrain"]) and result.info["selected_epoch"] == 1
     assert [row["rho"] for row in curves["admm"]] == pytest.approx([0.01, 0.0135])
     assert result.info["rho_final"] == pytest.approx(0.01 * 1.35**2)
-    assert sum(attack_calls.values()) == 0, attack_calls
+    hard = result.info["hard_prune"]
+    assert hard["prune_gap"] == pytest.approx(curves["admm"][-1]["prune_gap"]) and 0 < hard["prune_gap"] <= hard["prune_gap_dense"] + 0.05
+    convergence = result.info["convergence"]  # two short cycles: rho far from its cap, the gap open
+    assert convergence["converged"] is False and not convergence["checks"]["rho_cap"]["ok"] and not convergence["checks"]["prune_gap"]["ok"]
+    assert convergence["checks"]["rho_cap"]["value"] == pytest.approx(result.info["rho_final"]) and "rho 0.0182 (cap 1)" in convergence["summary"]
+    assert attack_calls["training"] == 0 and attack_calls["other"] > 0, attack_calls
 
 
 def test_pure_pwoa_never_attacks_and_mixing_does(digits_dir, attack_calls):
     build_method("pwoa", **FAST).prune(small_model(), 0.75, _context(digits_dir))
-    assert sum(attack_calls.values()) == 0, attack_calls
+    assert attack_calls["training"] == 0, attack_calls  # the retraining's checkpoint selection attacks the validation split only
 
     result = build_method("pwoa", **{**FAST, "mix_ratio": 0.5}).prune(small_model(), 0.75, _context(digits_dir))
-    assert attack_calls["PGD.perturb"] > 0  # the counter sees attacks when there are some
+    assert attack_calls["training"] > 0  # the counter sees attacks when there are some
     fractions = [row["adv_batches"] for rows in result.info["curves"].values() for row in rows]
     assert 0 < sum(fractions) / len(fractions) < 1
     assert all(0 <= row["val_robust_acc"] <= 1 for rows in result.info["curves"].values() for row in rows)
@@ -135,6 +161,55 @@ def test_admm_updates_z_u_and_rho_as_the_official_code():
     admm.epoch_end(3)
     assert admm.rho == 0.0136  # capped at rho_max
 
+    # an epoch of two passes: Z is reset after every second pass only, the update comes every `every` passes
+    with torch.no_grad():
+        w.copy_(torch.tensor([0.5, -2.0, 0.1, 3.0]))
+    admm = ADMM({"w": w}, 0.5, rho=0.01, rho_factor=1.35, rho_max=1.0, every=4, reset_z_each_epoch=True, epoch_passes=2)
+    with torch.no_grad():
+        w.copy_(torch.tensor([0.1, 2.0, 3.0, 0.2]))
+    admm.epoch_end(0)  # mid-epoch: Z stays Proj of the initial W
+    assert admm.z["w"].tolist() == pytest.approx([0.0, -2.0, 0.0, 3.0])
+    admm.epoch_end(1)
+    assert admm.z["w"].tolist() == pytest.approx([0.0, 2.0, 3.0, 0.0]) and admm.rho == 0.01
+    admm.epoch_end(3)
+    assert admm.rho == pytest.approx(0.0135)
+
+
+def test_an_epoch_of_the_schedule_spans_the_passes_its_steps_need(digits_dir):
+    """epoch_steps 8 on 256 training images at batch 64 (4 steps a pass): every epoch of the schedule is two passes,
+    the ADMM cycle (rho_every 3 epochs) six, its learning rate a tenth lower after each two."""
+    method = build_method("pwoa", admm_epochs=3, retrain_epochs=1, rho_every=3, batch_size=64, epoch_steps=8)
+    assert method.passes_per_epoch(256) == 2 and method.passes_per_epoch(10_000) == 1  # never less than one pass
+    result = method.prune(small_model(), 0.75, _context(digits_dir))
+    admm, retrain = result.info["curves"]["admm"], result.info["curves"]["retrain"]
+    assert result.info["passes_per_epoch"] == 2 and [len(admm), len(retrain)] == [6, 2]
+    assert [row["lr"] for row in admm] == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001, 0.0001])
+    assert [row["rho"] for row in admm] == pytest.approx([0.01] * 6) and result.info["rho_final"] == pytest.approx(0.0135)
+    assert sum(row["steps"] for row in admm) == 24
+
+
+def test_the_retraining_keeps_its_best_robust_validation_epoch(digits_dir, tmp_path):
+    model = small_model()
+    result = build_method("pwoa", **{**FAST, "retrain_epochs": 3}).prune(model, 0.9, _context(digits_dir, resume_prefix=str(tmp_path / "job")))
+    curve = result.info["curves"]["retrain"]
+    best = max(curve, key=lambda row: row["val_robust_acc"])
+    state = torch.load(tmp_path / "job.retrain.state.pt", weights_only=False)
+    assert result.info["selected_epoch"] == best["epoch"] == state["best"]["epoch"]
+    assert all(torch.equal(v, state["best"]["model"][k]) for k, v in model.state_dict().items())
+
+
+def test_convergence_needs_rho_at_its_cap_and_the_gap_closed():
+    w = torch.nn.Parameter(torch.tensor([0.5, -2.0, 0.1, 3.0]))
+    admm = ADMM({"w": w}, 0.5, rho=1.0, rho_factor=1.35, rho_max=1.0, every=3, reset_z_each_epoch=True)
+    curve = [{"prune_gap": 0.05}]
+    hard = {"prune_gap_dense": 0.8, "prune_gap": 0.05, "val_clean_acc_before": 0.9, "val_clean_acc_after": 0.89}
+    report = convergence(admm, curve, hard, rho_max=1.0)
+    assert report["converged"] and report["checks"]["prune_gap"] == {"value": 0.05, "target": GAP_CLOSED * 0.8, "ok": True}
+    assert "prune gap 0.800 -> 0.050" in report["summary"] and "val clean 0.900 -> 0.890" in report["summary"]
+    assert not convergence(admm, curve, {**hard, "prune_gap": 0.2}, rho_max=1.0)["converged"]  # only three quarters of the gap closed
+    admm.rho = 0.5
+    assert not convergence(admm, curve, hard, rho_max=1.0)["checks"]["rho_cap"]["ok"]
+
 
 def test_normalized_hsic():
     torch.manual_seed(0)
@@ -181,6 +256,7 @@ def test_options_are_validated_and_match_the_schema():
     schema = yaml.safe_load((REPO / "workflow/schemas/methods/pwoa.schema.yaml").read_text())["properties"]
     defaults = {name: p.default for name, p in inspect.signature(PwoA.__init__).parameters.items() if name != "self"}
     assert {k: v["default"] for k, v in schema.items() if k != "method"} == defaults
-    for bad in ({"mix_ratio": 1.5}, {"rho_every": 0}, {"temperature": 0}, {"admm_hsic": "yes"}, {"rho_max": 0.001}, {"batch_size": 1}):
+    for bad in ({"mix_ratio": 1.5}, {"rho_every": 0}, {"temperature": 0}, {"admm_hsic": "yes"}, {"rho_max": 0.001}, {"batch_size": 1},
+                {"epoch_steps": 0}):
         with pytest.raises(ValueError, match="pwoa: " + next(iter(bad))):
             build_method("pwoa", **bad)
