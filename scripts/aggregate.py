@@ -5,7 +5,9 @@ need the checkpoints.
 Every accuracy comes with its 95 % Wilson interval over the record's test points (`<metric>_lo`, `<metric>_hi`);
 a metric the record lacks (`verified_acc` before verification runs) stays empty, never 0. `per_point.csv` holds
 each record's per-point results (one '0'/'1' string per metric, in the split's order) and the hash of its
-points, which is what paired tests between models need."""
+points, which is what paired tests between models need; `distances.csv` each record's HO-FMN minimum-norm
+distances (space-separated, in the split's order, "inf" where none was found), from which the report draws the
+security curves without attacking again."""
 
 import re
 from pathlib import Path
@@ -15,6 +17,7 @@ import pandas as pd
 from advprune.dvc_outputs import ACCURACIES, write_metrics, write_plot_data
 from advprune.entry import parser, read_csv, read_json, write_csv
 from advprune.runtime import setup_logging
+from advprune.security.curves import format_distances
 from advprune.stats import wilson
 
 SUMMARY_COLUMNS = ["dataset", "arch", "seed", "method", "impl", "sparsity_target", "sparsity_measured", "params_total", "params_nonzero",
@@ -61,6 +64,15 @@ def _per_point_rows(table: str, record: dict) -> list[dict]:
     return [{**ids, "metric": metric, "correct": bits} for metric, bits in (record.get("per_point") or {}).items() if bits is not None]
 
 
+def _distance_rows(table: str, record: dict) -> list[dict]:
+    """The record's HO-FMN distances as one row (none when HO-FMN did not run)."""
+    if record.get("hofmn_distances") is None:
+        return []
+    ids = {k: record.get(k) for k in PER_POINT_IDS} | {"table": table}
+    threat = record["threat_model"]
+    return [{**ids, "norm": threat["norm"], "eps": threat["eps"], "distances": format_distances(record["hofmn_distances"])}]
+
+
 def _provenance_row(ids: dict, prov: dict) -> dict:
     """Where one evaluation record came from, flat: code, settings, packages, machine."""
     packages = {f"{name}_version": v for name, v in prov.get("packages", {}).items()}
@@ -71,11 +83,12 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
     """`studies`: table name (study_finetune, study_objectives) -> [{"path": evaluation record, "labels": its
     variant}] (a study reuses the main pipeline's records where its model is the main one)."""
     setup_logging(log)
-    summary, layers, provenance, per_point = [], [], [], []
+    summary, layers, provenance, per_point, distances = [], [], [], [], []
     for path in sorted(eval_jsons):
         record = read_json(path, RECORD_KEYS)
         summary.append(_summary_row(record))
         per_point += _per_point_rows("summary", record)
+        distances += _distance_rows("summary", record)
         ids = {k: record.get(k) for k in ("dataset", "arch", "seed", "method", "impl", "sparsity_target")}
         layers += [{**ids, **row} for row in record["layers"]]
         provenance.append(_provenance_row(ids, record["provenance"]))
@@ -87,7 +100,9 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
         records = [{**read_json(r["path"], STUDY_RECORD_KEYS), **r["labels"]} for r in (studies or {}).get(name, [])]
         write_csv([_summary_row(record, extra) for record in records], out[name], header=[*SUMMARY_COLUMNS, *extra])
         per_point += [row for record in records for row in _per_point_rows(name, record)]
+        distances += [row for record in records for row in _distance_rows(name, record)]
     write_csv(per_point, out["per_point"], header=[*PER_POINT_IDS, "metric", "correct"])
+    write_csv(distances, out["distances"], header=[*PER_POINT_IDS, "norm", "eps", "distances"])
 
     prune_curves = []
     for path in sorted(prune_infos):
@@ -123,7 +138,7 @@ def cli(argv=None):
     p.add_argument("--results", default="results", help="results directory of a finished run")
     a = p.parse_args(argv)
     r = a.results
-    tables = ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves", "per_point", *STUDY_COLUMNS)
+    tables = ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves", "per_point", "distances", *STUDY_COLUMNS)
     out = {name: f"{r}/tables/{name}.csv" for name in tables}
     out |= {"provenance": f"{r}/tables/provenance.csv", "metrics": f"{r}/tables/summary.json", "plots": f"{r}/plots"}
     # Without the workflow only the studies' own records are known (the records they share with the main grid are not).

@@ -231,12 +231,24 @@ def per_point(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def distances(summary: pd.DataFrame) -> pd.DataFrame:
+    """HO-FMN distances of every summary record: 500 points, the first round(AA acc * 500) beyond eps."""
+    rows = []
+    for r in summary.to_dict("records"):
+        k = round(r["autoattack_acc"] * r["n_examples"])
+        d = np.r_[np.linspace(1.1, 3, k), np.linspace(0.2, 0.9, r["n_examples"] - k)] * r["eps"]
+        rows.append({"table": "summary", **{c: r.get(c) for c in ("dataset", "arch", "seed", "method", "impl", "sparsity_target")},
+                     "norm": r["norm"], "eps": r["eps"], "distances": " ".join(map(repr, d.tolist()))})
+    return pd.DataFrame(rows)
+
+
 def write_tables(directory: Path, **overrides: pd.DataFrame | None) -> Path:
     """Every input table; an override of None leaves that file out."""
     tables = {"summary": _summary(), "layer_sparsity": _layers(), "sensitivity": _sensitivity(),
               "training_curves": _curves(), "prune_curves": _prune_curves(), "study_finetune": _study_finetune(),
               "study_objectives": _study_objectives()}
     tables["per_point"] = per_point(tables)
+    tables["distances"] = distances(tables["summary"])
     tables.update(overrides)
     directory.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
@@ -246,7 +258,7 @@ def write_tables(directory: Path, **overrides: pd.DataFrame | None) -> Path:
 
 
 ONLY_SUMMARY = dict(layer_sparsity=None, sensitivity=None, training_curves=None, prune_curves=None,
-                    study_finetune=None, study_objectives=None, per_point=None)
+                    study_finetune=None, study_objectives=None, per_point=None, distances=None)
 
 
 class _Records(logging.Handler):
@@ -284,7 +296,7 @@ def test_writes_every_expected_output(report):
     tmp, written, warnings = report
     expected = expected_outputs(str(tmp / "out"), ("png",))
     assert written == expected
-    assert len(expected) == len(FIGURES) + 3 * len(TABLES) == 9 + 15
+    assert len(expected) == len(FIGURES) + 3 * len(TABLES) == 10 + 15
     assert set(TABLES) == set(BUILDERS) | set(findings.BUILDERS)
     for path in expected:
         assert os.path.getsize(path) > 0, path
@@ -742,7 +754,7 @@ def test_aggregate_writes_intervals_and_per_point_results(tmp_path):
         path.write_text(json.dumps(record))
         paths.append(str(path))
     out = {name: str(tmp_path / f"tables/{name}.csv") for name in ("summary", "layer_sparsity", "sensitivity", "training_curves",
-                                                                    "prune_curves", "per_point", "provenance", *aggregate.STUDY_COLUMNS)}
+                                                                    "prune_curves", "per_point", "distances", "provenance", *aggregate.STUDY_COLUMNS)}
     out |= {"metrics": str(tmp_path / "tables/summary.json"), "plots": str(tmp_path / "plots")}
     aggregate.main(paths, [], [], [], out)
     summary = pd.read_csv(out["summary"]).set_index("method")
