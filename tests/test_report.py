@@ -322,7 +322,7 @@ def test_tables_hold_means_and_intervals_over_seeds(report):
     assert row["params_nonzero"].iloc[0] == 10_000
     # PGD 0.6 and AA 0.55 of clean: means 49.2 and 45.1, half-widths 12.706 * 1.2 and 12.706 * 1.1.
     assert ("| digits | small_cnn | lwm | 90 | 90.05 | 2 | 82.0 [56.6, 100.0] | 49.2 [34.0, 64.4] | 45.1 [31.1, 59.1] | not computed "
-            "| 10,000 | 10.0× |" in md)
+            "| not computed | 10,000 | 10.0× |" in md)
     assert r"digits & small\_cnn & lwm & 90 & 90.05 & 2 & 82.0 [56.6, 100.0] &" in tex
     assert r"lwm\_global" in tex and "lwm_global" not in tex
     assert tex.startswith(r"\begin{tabular}") and r"\toprule" in tex and r"\bottomrule" in tex
@@ -776,10 +776,11 @@ def test_aggregate_writes_intervals_and_per_point_results(tmp_path):
 def test_verified_accuracy_gets_a_column_and_a_panel_once_computed():
     summary = _summary()
     assert len(figures.robustness_vs_sparsity(summary).axes) == 2 * 3  # clean, PGD, AutoAttack: not computed, no panel
-    verified = summary.assign(verified_acc=0.5 * summary["autoattack_acc"])
+    verified = summary.assign(verified_acc=0.5 * summary["autoattack_acc"], hofmn_acc=1.05 * summary["autoattack_acc"])
     fig = figures.robustness_vs_sparsity(verified)
-    assert len(fig.axes) == 2 * 4 and fig.axes[3].get_title().startswith("digits / resnet18: Verified")
+    assert len(fig.axes) == 2 * 5 and fig.axes[3].get_title().startswith("digits / resnet18: Verified")
+    assert fig.axes[4].get_title().startswith("digits / resnet18: HO-FMN")
     md = to_markdown(robustness_table(verified))
-    assert "not computed" not in md and "| Verified acc. (%) |" in md
+    assert "not computed" not in md and "| Verified acc. (%) | HO-FMN acc. (%) |" in md
     # small_cnn, lwm, 90 %: half of the AA accuracies 0.55 * (0.80, 0.84), beside AutoAttack's column.
     assert f"| 45.1 [31.1, 59.1] | {100 * np.mean([0.275 * 0.80, 0.275 * 0.84]):.1f} [" in md
