@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from advprune.attacks.autoattack import AutoAttack
 from advprune.attacks.fused import AttackView
 from advprune.data import load_split
 from advprune.security.curves import format_distances, parse_distances, robust_accuracy
@@ -21,21 +19,22 @@ from advprune.security.hofmn import candidates, record_fields
 from conftest import REPO, small_model
 
 EPS = 0.1
-N_TEST = 96
+N_TEST = 64
 # Cheaper than the default (32 trials x 100 steps, then 200 steps); the slack below was measured with both.
 SETTINGS = {"steps": 100, "trials": 8, "tune_steps": 50, "tune_batch": 32, "seed": 0}
-# How far HO-FMN's robust accuracy at eps may lie below AutoAttack's on the same points (FMN breaks a point AutoAttack
-# missed) and above it (the points FMN, a minimum-norm attack, misses at a fixed eps). Measured on digits (README,
-# "Security curves"): at most 0 points below and 2.2 points above on the default width-32 models (359 test points,
-# default settings); here (width 4, 96 points, SETTINGS) 0 below and 3.1 above.
-SLACK_BELOW, SLACK_ABOVE = 0.02, 0.08
+# How far HO-FMN's robust accuracy at eps may lie below AutoAttack's on the same points (points FMN breaks that AutoAttack
+# could not; at least one point where there are few) and above it (points FMN, a minimum-norm attack, misses at a fixed
+# eps). Measured on digits (README, "Security curves"): on the default width-32 models (359 test points, default
+# settings) at most 1 point below (0.3 %) and 2.2 points above; on tests/test_autoattack.py's FGSM-trained CNN (200
+# points, eps 0.15) 1 point below (0.5 %) and 5.0 points above with SETTINGS, 0 and 6.0 with the default settings.
+SLACK_BELOW, SLACK_ABOVE = 0.01, 0.08
 
 
-def _fgsm_trained(train, epochs: int = 6):
-    """A width-4 small_cnn trained with FGSM and a random start at EPS (Wong et al. 2020): a second on the CPU and
-    robust enough that distances spread around EPS."""
+def _fgsm_trained(train, n: int = 640, epochs: int = 4):
+    """A width-4 small_cnn trained with FGSM and a random start at EPS (Wong et al. 2020) on n training points: a
+    few seconds on the CPU; about half the test points right, their distances spread around EPS."""
     model = small_model()
-    x, y = train.float_x(), train.y
+    x, y = train.float_x()[:n], train.y[:n]
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for _ in range(epochs):
@@ -104,18 +103,6 @@ def test_record_fields_tune_on_validation_and_give_accuracy_at_eps(setup, hofmn)
     assert info["params"] == next(t["params"] for t in info["trials"] if t["score"] == best)
     assert info["params"] == vars(candidates(SETTINGS["trials"], SETTINGS["seed"])[[t["params"] for t in info["trials"]].index(info["params"])])
     assert set(info["seconds"]) == {"tune", "attack", "total"}
-
-
-def test_accuracy_at_eps_stays_within_the_documented_slack_of_autoattack(setup, hofmn):
-    model, test, _ = setup
-    fields, robust = hofmn
-    view = AttackView(model.eval()).refresh()
-    aa = AutoAttack(view, norm="Linf", eps=EPS, n_classes=10, seed=0, batch_size=512)(test.float_x(), test.y)
-    assert 0.2 < aa.robust_accuracy < 0.8, "model too weak or too strong to compare the attacks"
-    gap = fields["hofmn_acc"] - float(aa.robust_accuracy)
-    assert -SLACK_BELOW <= gap <= SLACK_ABOVE, gap
-    # per point: FMN breaks hardly any point AutoAttack could not (both are real attacks on the same points)
-    assert int((robust & aa.robust.cpu()).sum()) >= int(aa.robust.sum()) - math.floor(SLACK_BELOW * N_TEST)
 
 
 def test_same_seed_same_numbers_another_seed_other_trials(setup):

@@ -217,7 +217,7 @@ def security_curves(summary: pd.DataFrame, distances: pd.DataFrame) -> Figure:
     _legend(fig, method_handles(curves["method"])
             + [Line2D([], [], **{**attack_point(DENSE), "color": NEUTRAL}, label="AutoAttack at ε\n(95 % interval)"),
                Line2D([], [], color="0.4", linestyle=":", label=f"threat model ε\n({_threat(curves)})")])
-    fig.suptitle("Security curves: robust accuracy vs. ε from HO-FMN's minimum-norm L∞ distances")
+    fig.suptitle("Security curves: robust accuracy vs. ε\nfrom HO-FMN's minimum-norm L∞ distances")
     return fig
 
 

@@ -1,10 +1,10 @@
 """HO-FMN (Mura et al. 2024, pralab/HO-FMN) the way the Adversarial Pruning benchmark runs it
 (pralab/AdversarialPruningBenchmark, utils/test.py `test_model_hofmn`): FMN with DLR loss, SGD and cosine
 annealing (`advprune.security.fmn`); SGD's lr, momentum, weight decay and dampening tuned over `trials` trials
-of `tune_steps` steps on a batch of `tune_batch` points, each trial scored by the median distance over that batch
-(points at distance 0, misclassified already, count as inf); then `steps` steps of the tuned FMN, its cosine
-schedule stretched over them, on the evaluated points. Robust accuracy at ε is the share of points whose
-distance exceeds ε; the distances give it at every ε (the security curve).
+of `tune_steps` steps on a batch of `tune_batch` points, each trial scored by the median distance over that batch,
+the smallest score kept; then `steps` steps of the tuned FMN, its cosine schedule stretched over them, on the
+evaluated points. Robust accuracy at ε is the share of points whose distance exceeds ε; the distances give it at
+every ε (the security curve).
 
 The search space is HO-FMN's for SGD (src/ho_fmn/search_space.py): lr log-uniform in [8/255, 10], momentum in
 [0, 0.9], weight decay in [0.01, 1], dampening in [0, 0.2]. What differs from the benchmark, and why:
@@ -19,6 +19,9 @@ The search space is HO-FMN's for SGD (src/ho_fmn/search_space.py): lr log-unifor
   (BoTorch), the best arm chosen by the model. Ax would add BoTorch, GPyTorch and Ax's plotting and storage
   stack to the pinned environment for 32 trials; a seeded quasi-random search of the same space with the same
   budget is deterministic (same seed, same parameters, same distances) and needs only scipy, already pinned.
+- Trial score: the median over the batch's correctly classified points. The benchmark takes the median over all
+  of them with the misclassified ones (distance 0) counted as inf, so once half the batch is misclassified (a
+  heavily pruned model) every trial scores inf and the tuning chooses nothing.
 - Evaluated points: every evaluated point (evaluate.split and n_examples, as the other attacks), not the 128
   test points 2048-2175 the benchmark attacks.
 - A point FMN finds no adversarial example for has distance inf, not 0 (`advprune.security.fmn`).
@@ -57,9 +60,10 @@ def candidates(trials: int, seed: int) -> list[FMNParams]:
 
 
 def score(distances: torch.Tensor) -> float:
-    """HO-FMN's trial objective: the median distance, points at distance 0 counted as inf (torch's median:
-    the lower middle value)."""
-    return float(torch.where(distances > 0, distances, torch.full_like(distances, float("inf"))).median())
+    """A trial's objective: the median distance of the points classified correctly (distance > 0; inf where FMN
+    found nothing; torch's median: the lower middle value); inf when there are none."""
+    correct = distances[distances > 0]
+    return float(correct.median()) if len(correct) else math.inf
 
 
 def tune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, trials: int, steps: int, seed: int, batch_size: int) -> tuple[FMNParams, list[dict]]:
