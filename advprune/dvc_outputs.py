@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-# Accuracy columns of the summary, each with a 95 % interval; verified_acc is empty until verification runs.
-ACCURACIES = ["clean_acc", "pgd_acc", "autoattack_acc", "verified_acc"]
+# Accuracy columns of the summary, each with a 95 % interval; verified_acc and hofmn_acc are empty where not computed.
+ACCURACIES = ["clean_acc", "pgd_acc", "autoattack_acc", "verified_acc", "hofmn_acc"]
 CURVE_COLUMNS = ["epoch", "train_loss", "train_acc", "val_clean_acc", "val_robust_acc"]
 
 

@@ -162,6 +162,8 @@ def read_csv(path: str | os.PathLike, required: tuple[str, ...] = (), numbers: t
     """The rows of a CSV another job wrote with write_csv (every row as long as the header), as strings; its
     header has the columns `required`, and the columns `numbers` hold a number in every row. A file without a
     header has no rows (and none of the columns)."""
+    # distances.csv keeps a record's distances in one cell (SVHN's 26,032 test points: ~0.5 MB), past csv's 128 KiB default
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 28))
     try:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)

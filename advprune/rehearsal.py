@@ -14,7 +14,8 @@ zero); attack steps to two, sensitivity ascent to one step; batch sizes to 16 (e
 batches); architecture widths to a few channels (widened where the sparsity would leave fewer weights than
 layers); the data to a few images of four classes per dataset
 (the network keeps the dataset's class count and image size); evaluation to 8 test points and one latency
-repeat; the (dataset, architecture) product to a covering set (every dataset, every architecture on every
+repeat, HO-FMN to two trials of two steps on 8 validation points and two steps on the test points; the
+(dataset, architecture) product to a covering set (every dataset, every architecture on every
 image geometry of the config's datasets, every method on every pair, the studies on the first dataset's).
 What is kept: every dataset, architecture, method entry, method option that selects a code path,
 study, objective, threat model, every AutoAttack part and the verification settings: the same rules,
@@ -153,6 +154,8 @@ def shrink(config: dict, device: str = "cpu") -> dict:
     ev["n_examples"] = EVAL_POINTS
     ev["pgd"]["steps"] = _fewer(ev["pgd"]["steps"], ATTACK_STEPS)
     ev["autoattack"] = {**ev["autoattack"], "version": "rehearsal"}
+    if ev.get("hofmn"):
+        ev["hofmn"] = {**ev["hofmn"], "steps": ATTACK_STEPS, "trials": ATTACK_STEPS, "tune_steps": ATTACK_STEPS, "tune_batch": EVAL_POINTS}
     if ev.get("latency"):
         ev["latency"] = {"batch_size": EVAL_POINTS, "warmup": 0, "repeats": 1}
     small["device"] = device

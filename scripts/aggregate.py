@@ -8,7 +8,9 @@ metric it should have, whose per-point results disagree with its accuracies or p
 another model, or that another run made (other settings or data) stops the job with one line naming the
 record and the field (advprune.records). `per_point.csv` holds
 each record's per-point results (one '0'/'1' string per metric, in the split's order) and the hash of its
-points, which is what paired tests between models need."""
+points, which is what paired tests between models need; `distances.csv` each record's HO-FMN minimum-norm
+distances (space-separated, in the split's order, "inf" where none was found), from which the report draws the
+security curves without attacking again."""
 
 import json
 import re
@@ -21,6 +23,7 @@ from advprune.entry import parser, read_csv, read_json, write_csv
 from advprune.records import mixed_problem, record_problem
 from advprune.runtime import setup_logging
 from advprune.staleness import SOURCES, record_sources
+from advprune.security.curves import format_distances
 from advprune.stats import wilson
 
 SUMMARY_COLUMNS = ["dataset", "arch", "seed", "method", "impl", "sparsity_target", "sparsity_measured", "params_total", "params_nonzero",
@@ -95,6 +98,15 @@ def _per_point_rows(table: str, record: dict) -> list[dict]:
     return [{**ids, "metric": metric, "correct": bits} for metric, bits in (record.get("per_point") or {}).items() if bits is not None]
 
 
+def _distance_rows(table: str, record: dict) -> list[dict]:
+    """The record's HO-FMN distances as one row (none when HO-FMN did not run)."""
+    if record.get("hofmn_distances") is None:
+        return []
+    ids = {k: record.get(k) for k in PER_POINT_IDS} | {"table": table}
+    threat = record["threat_model"]
+    return [{**ids, "norm": threat["norm"], "eps": threat["eps"], "distances": format_distances(record["hofmn_distances"])}]
+
+
 def _provenance_row(ids: dict, prov: dict) -> dict:
     """Where one evaluation record came from, flat: code, settings, packages, machine."""
     packages = {f"{name}_version": v for name, v in prov.get("packages", {}).items()}
@@ -117,11 +129,12 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
     """`studies`: table name (study_finetune, study_objectives) -> [{"path": evaluation record, "labels": its
     variant}] (a study reuses the main pipeline's records where its model is the main one)."""
     setup_logging(log)
-    summary, layers, provenance, per_point, seen = [], [], [], [], {}
+    summary, layers, provenance, per_point, distances, seen = [], [], [], [], [], {}
     for path in sorted(eval_jsons):
         record = _read_record(path, seen)
         summary.append(_summary_row(record))
         per_point += _per_point_rows("summary", record)
+        distances += _distance_rows("summary", record)
         ids = {k: record.get(k) for k in ("dataset", "arch", "seed", "method", "impl", "sparsity_target")}
         layers += [{**ids, **row} for row in record["layers"]]
         provenance.append(_provenance_row(ids, record["provenance"]))
@@ -133,7 +146,9 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
         records = [{**_read_record(r["path"], seen), **r["labels"]} for r in (studies or {}).get(name, [])]
         write_csv([_summary_row(record, extra) for record in records], out[name], header=[*SUMMARY_COLUMNS, *extra, *MODEL_COLUMNS])
         per_point += [row for record in records for row in _per_point_rows(name, record)]
+        distances += [row for record in records for row in _distance_rows(name, record)]
     write_csv(per_point, out["per_point"], header=[*PER_POINT_IDS, "metric", "correct"])
+    write_csv(distances, out["distances"], header=[*PER_POINT_IDS, "norm", "eps", "distances"])
 
     prune_curves = []
     for path in sorted(prune_infos):
@@ -171,7 +186,7 @@ def cli(argv=None):
     p.add_argument("--results", default="results", help="results directory of a finished run")
     a = p.parse_args(argv)
     r = a.results
-    tables = ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves", "per_point", *STUDY_COLUMNS)
+    tables = ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves", "per_point", "distances", *STUDY_COLUMNS)
     out = {name: f"{r}/tables/{name}.csv" for name in tables}
     out |= {"provenance": f"{r}/tables/provenance.csv", "metrics": f"{r}/tables/summary.json", "plots": f"{r}/plots"}
     out["sources"] = f"{r}/tables/{SOURCES}"

@@ -1,5 +1,5 @@
-"""Evaluate one model: clean, PGD and standard AutoAttack accuracy, verified (IBP / CROWN) accuracy on the same
-points, sparsity, parameters, FLOPs and CPU latency against the dense network of its architecture; writes one
+"""Evaluate one model: clean, PGD and standard AutoAttack accuracy, verified (IBP / CROWN) accuracy and HO-FMN's
+minimum-norm distances on the same points, sparsity, parameters, FLOPs and CPU latency against the dense network of its architecture; writes one
 RobustBench-like JSON record with provenance."""
 
 import time
@@ -11,7 +11,19 @@ from advprune.entry import load_config, parser, refuse, remove_resume_state, sta
 from advprune.evaluation import model_statistics, robustness, to_bits
 from advprune.identity import check_model, expected_identity
 from advprune.provenance import provenance
+from advprune.security.hofmn import record_fields as hofmn_fields
 from advprune.verification import record_fields
+
+
+def security_fields(model, split, data_dir, eps, cfg, device, per_point) -> dict:
+    """HO-FMN's record fields (advprune.security), its parameters tuned on the validation split; adds the
+    per-point robustness at eps to `per_point`."""
+    settings = cfg["hofmn"]
+    val = load_split(data_dir, "val", device) if settings else None
+    fields, robust = hofmn_fields(model, split, val, eps, settings, cfg["batch_size"], cfg["fold_batchnorm"])
+    if robust is not None:
+        per_point["hofmn"] = to_bits(robust)
+    return fields
 
 
 def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, out_json, threads=1, log=None, code_hash=None, labels=None,
@@ -35,11 +47,12 @@ def main(model_path, data_dir, dataset, arch, seed, method, sparsity, params, ou
     verified, certified = record_fields(model, split.float_x(), split.y, threat["eps"], cfg["verify"], cfg["fold_batchnorm"])
     if certified is not None:
         scores["per_point"]["verified"] = to_bits(certified)
+    security = security_fields(model, split, data_dir, threat["eps"], cfg, device, scores["per_point"])
     record = {
         "dataset": dataset, "arch": arch, "seed": seed, "method": method, "sparsity_target": float(sparsity), **(labels or {}),
         "structured": bool(ckpt.get("structured", False)),
         "threat_model": {"norm": threat["norm"], "eps": threat["eps"]}, "split": cfg["split"], "data_sha256": data_sha256(meta),
-        **scores, **verified, **stats,
+        **scores, **verified, **security, **stats,
         **model_report(ckpt["meta"]),
         "external": ckpt["meta"].get("external"),  # a checkpoint made elsewhere (config key `external`): its layout, file and source
         "wall_time_s": time.time() - started,

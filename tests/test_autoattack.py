@@ -80,6 +80,22 @@ def test_matches_original_autoattack(setup, ours):
     assert same >= 0.95, same
 
 
+def test_hofmn_accuracy_stays_within_its_documented_slack_of_autoattack(setup, ours):
+    """HO-FMN (advprune.security) on the points AutoAttack attacked, tuned on 64 points neither trained nor attacked:
+    a minimum-norm attack, at eps within tests/test_fmn.py's documented slack of AutoAttack on either side."""
+    from advprune.data.arrays import ArraySplit
+    from advprune.security.hofmn import record_fields
+    from test_fmn import SETTINGS, SLACK_ABOVE, SLACK_BELOW
+
+    model, x, y = setup
+    xs, ys = digits()
+    split = lambda x, y: ArraySplit((16 * x).round().to(torch.uint8), y, 16)  # noqa: E731 - digits are k/16 exactly
+    fields, robust = record_fields(model, split(x, y), split(xs[1600:1664], ys[1600:1664]), EPS, SETTINGS, 512)
+    below = max(SLACK_BELOW, 1 / len(y))
+    assert -below <= fields["hofmn_acc"] - ours.robust_accuracy <= SLACK_ABOVE, (fields["hofmn_acc"], ours.robust_accuracy)
+    assert (ours.robust & ~robust).float().mean() <= below  # points FMN breaks that AutoAttack could not
+
+
 def test_deterministic_pure_and_in_eval_mode(setup, ours):
     model, x, y = setup
     model.train().zero_grad(set_to_none=True)  # the original's FAB leaves parameter gradients behind

@@ -127,7 +127,8 @@ def test_every_record_has_verified_le_autoattack_le_pgd_le_clean_point_by_point(
     """On the CROWN-IBP model (PGD-AT's has no certified point): the record of scripts/evaluate.py."""
     config = validate(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
     config["threat_model"]["eps"] = EPS
-    config["evaluate"].update(n_examples=24, latency=None, pgd={"steps": 5, "restarts": 1, "step_size": 0.03})
+    config["evaluate"].update(n_examples=24, latency=None, pgd={"steps": 5, "restarts": 1, "step_size": 0.03},
+                              hofmn={"steps": 20, "trials": 2, "tune_steps": 10, "tune_batch": 16, "seed": 0})
     save_model(tmp_path / "m.pt", trained["crown_ibp"], "small_cnn", {"width": 8}, load_meta(digits_dir))
     _evaluate_script().main(str(tmp_path / "m.pt"), digits_dir, "digits", "small_cnn", 0, "crown_ibp", 0, evaluate_params(config),
                             str(tmp_path / "r.json"))
@@ -138,6 +139,6 @@ def test_every_record_has_verified_le_autoattack_le_pgd_le_clean_point_by_point(
     assert record["verified_acc"] > 0.2  # not vacuous
     bits = {k: from_bits(v) for k, v in record["per_point"].items()}
     assert bits["verified"].mean() == pytest.approx(record["verified_acc"])
-    for attack in ("clean", "pgd", "autoattack"):
+    for attack in ("clean", "pgd", "autoattack", "hofmn"):
         assert not (bits["verified"] & ~bits[attack]).any(), attack  # certified => robust to every attack that ran
     assert set(record["verification_seconds"]) == {"ibp", "crown", "total"}

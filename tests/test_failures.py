@@ -161,7 +161,7 @@ def test_aggregate_names_a_damaged_input(tmp_path, kind, damaged):
     paths = {k: str(_write(results / path, good[k])) for k, path in AGGREGATE_INPUTS}
     _write(results / damaged, good[kind][: len(good[kind]) // 2])
     out = {name: str(results / f"tables/{name}.csv") for name in ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves",
-                                                                   "per_point", "provenance", *aggregate.STUDY_COLUMNS)}
+                                                                   "per_point", "distances", "provenance", *aggregate.STUDY_COLUMNS)}
     out |= {"metrics": str(results / "tables/summary.json"), "plots": str(results / "plots")}
     with pytest.raises(CheckpointError, match=f"^{results / damaged}: .*delete it and re-run"):
         aggregate.main([paths["evals"]], [paths["sensitivity"]], [paths["pretrain_curves"]], [paths["finetune_curves"]], out,

@@ -231,12 +231,24 @@ def per_point(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def distances(summary: pd.DataFrame) -> pd.DataFrame:
+    """HO-FMN distances of every summary record: 500 points, the first round(AA acc * 500) beyond eps."""
+    rows = []
+    for r in summary.to_dict("records"):
+        k = round(r["autoattack_acc"] * r["n_examples"])
+        d = np.r_[np.linspace(1.1, 3, k), np.linspace(0.2, 0.9, r["n_examples"] - k)] * r["eps"]
+        rows.append({"table": "summary", **{c: r.get(c) for c in ("dataset", "arch", "seed", "method", "impl", "sparsity_target")},
+                     "norm": r["norm"], "eps": r["eps"], "distances": " ".join(map(repr, d.tolist()))})
+    return pd.DataFrame(rows)
+
+
 def write_tables(directory: Path, **overrides: pd.DataFrame | None) -> Path:
     """Every input table; an override of None leaves that file out."""
     tables = {"summary": _summary(), "layer_sparsity": _layers(), "sensitivity": _sensitivity(),
               "training_curves": _curves(), "prune_curves": _prune_curves(), "study_finetune": _study_finetune(),
               "study_objectives": _study_objectives()}
     tables["per_point"] = per_point(tables)
+    tables["distances"] = distances(tables["summary"])
     tables.update(overrides)
     directory.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
@@ -246,7 +258,7 @@ def write_tables(directory: Path, **overrides: pd.DataFrame | None) -> Path:
 
 
 ONLY_SUMMARY = dict(layer_sparsity=None, sensitivity=None, training_curves=None, prune_curves=None,
-                    study_finetune=None, study_objectives=None, per_point=None)
+                    study_finetune=None, study_objectives=None, per_point=None, distances=None)
 
 
 class _Records(logging.Handler):
@@ -284,7 +296,7 @@ def test_writes_every_expected_output(report):
     tmp, written, warnings = report
     expected = expected_outputs(str(tmp / "out"), ("png",))
     assert written == expected
-    assert len(expected) == len(FIGURES) + 3 * len(TABLES) == 9 + 15
+    assert len(expected) == len(FIGURES) + 3 * len(TABLES) == 10 + 15
     assert set(TABLES) == set(BUILDERS) | set(findings.BUILDERS)
     for path in expected:
         assert os.path.getsize(path) > 0, path
@@ -310,7 +322,7 @@ def test_tables_hold_means_and_intervals_over_seeds(report):
     assert row["params_nonzero"].iloc[0] == 10_000
     # PGD 0.6 and AA 0.55 of clean: means 49.2 and 45.1, half-widths 12.706 * 1.2 and 12.706 * 1.1.
     assert ("| digits | small_cnn | lwm | 90 | 90.05 | 2 | 82.0 [56.6, 100.0] | 49.2 [34.0, 64.4] | 45.1 [31.1, 59.1] | not computed "
-            "| 10,000 | 10.0× |" in md)
+            "| not computed | 10,000 | 10.0× |" in md)
     assert r"digits & small\_cnn & lwm & 90 & 90.05 & 2 & 82.0 [56.6, 100.0] &" in tex
     assert r"lwm\_global" in tex and "lwm_global" not in tex
     assert tex.startswith(r"\begin{tabular}") and r"\toprule" in tex and r"\bottomrule" in tex
@@ -743,7 +755,7 @@ def test_aggregate_writes_intervals_and_per_point_results(tmp_path):
         path.write_text(json.dumps(record))
         paths.append(str(path))
     out = {name: str(tmp_path / f"tables/{name}.csv") for name in ("summary", "layer_sparsity", "sensitivity", "training_curves",
-                                                                    "prune_curves", "per_point", "provenance", *aggregate.STUDY_COLUMNS)}
+                                                                    "prune_curves", "per_point", "distances", "provenance", *aggregate.STUDY_COLUMNS)}
     out |= {"metrics": str(tmp_path / "tables/summary.json"), "plots": str(tmp_path / "plots"), "sources": str(tmp_path / "tables/sources.json")}
     aggregate.main(paths, [], [], [], out)
     summary = pd.read_csv(out["summary"]).set_index("method")
@@ -765,10 +777,11 @@ def test_aggregate_writes_intervals_and_per_point_results(tmp_path):
 def test_verified_accuracy_gets_a_column_and_a_panel_once_computed():
     summary = _summary()
     assert len(figures.robustness_vs_sparsity(summary).axes) == 2 * 3  # clean, PGD, AutoAttack: not computed, no panel
-    verified = summary.assign(verified_acc=0.5 * summary["autoattack_acc"])
+    verified = summary.assign(verified_acc=0.5 * summary["autoattack_acc"], hofmn_acc=1.05 * summary["autoattack_acc"])
     fig = figures.robustness_vs_sparsity(verified)
-    assert len(fig.axes) == 2 * 4 and fig.axes[3].get_title().startswith("digits / resnet18: Verified")
+    assert len(fig.axes) == 2 * 5 and fig.axes[3].get_title().startswith("digits / resnet18: Verified")
+    assert fig.axes[4].get_title().startswith("digits / resnet18: HO-FMN")
     md = to_markdown(robustness_table(verified))
-    assert "not computed" not in md and "| Verified acc. (%) |" in md
+    assert "not computed" not in md and "| Verified acc. (%) | HO-FMN acc. (%) |" in md
     # small_cnn, lwm, 90 %: half of the AA accuracies 0.55 * (0.80, 0.84), beside AutoAttack's column.
     assert f"| 45.1 [31.1, 59.1] | {100 * np.mean([0.275 * 0.80, 0.275 * 0.84]):.1f} [" in md

@@ -222,7 +222,8 @@ def test_prune_finetune_and_evaluate_scripts_handle_a_structured_model(digits_di
     config["prune"]["methods"] = {"l1_filter": {}}
     config["finetune"].update(epochs=1, batch_size=256)
     config["evaluate"].update(n_examples=8, batch_size=8, pgd={"steps": 2, "restarts": 1, "step_size": 0.05},
-                              latency={"batch_size": 16, "warmup": 1, "repeats": 3})
+                              latency={"batch_size": 16, "warmup": 1, "repeats": 3},
+                              hofmn={"steps": 2, "trials": 2, "tune_steps": 2, "tune_batch": 8, "seed": 0})
     config = validate({**config, "studies": {}})
     dense = _model("resnet18", 4)
     save_model(tmp_path / "dense.pt", dense, "resnet18", {"width": 4}, META)

@@ -65,6 +65,24 @@ def test_every_model_is_evaluated_with_consistent_accuracies(run_dir):
     assert all(r["clean_acc"] > 0.5 for r in dense)  # the pretrained models learned something
 
 
+def test_every_record_has_hofmn_distances_that_stay_within_autoattacks_slack(run_dir):
+    """HO-FMN on the points AutoAttack attacked (the test config's small budget): FMN breaks no more points that
+    AutoAttack could not than tests/test_fmn.py's documented slack allows; distances.csv keeps them for the curves."""
+    from advprune.security.curves import parse_distances
+    from advprune.stats import from_bits
+    from test_fmn import SLACK_BELOW
+
+    records = _records(run_dir)
+    for r in records:
+        distances = parse_distances(r["hofmn_distances"])
+        assert len(distances) == r["n_examples"] and r["hofmn"]["tuning_split"] == "val"
+        assert r["hofmn_acc"] == pytest.approx((distances > r["threat_model"]["eps"]).mean()) and r["hofmn_acc"] <= r["clean_acc"]
+        aa, fmn = from_bits(r["per_point"]["autoattack"]), from_bits(r["per_point"]["hofmn"])
+        assert (aa & ~fmn).mean() <= max(SLACK_BELOW, 1 / r["n_examples"]), r["method"]
+    table = pd.read_csv(run_dir / "results/tables/distances.csv")
+    assert len(table[table["table"] == "summary"]) == len(records)
+
+
 def test_pruned_weights_are_still_zero_after_fine_tuning(run_dir):
     checkpoints = sorted((run_dir / "results/finetune").rglob("model.pt"))
     assert len(checkpoints) == 20

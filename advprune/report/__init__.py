@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 # Figure name (a function of `figures`) -> the aggregated tables it is drawn from, in argument order.
 FIGURES = {
     "robustness_vs_sparsity": ("summary",),
+    "security_curves": ("summary", "distances"),
     "layer_sparsity": ("layer_sparsity",),
     "sensitivity": ("sensitivity",),
     "training_curves": ("training_curves",),

@@ -6,14 +6,17 @@ when they hold nothing it can draw (no HARP model, say). Panels are laid out one
 Curves, points and bars are means over seeds. Accuracies on the test points (robustness vs sparsity, the two
 studies) carry 95 % intervals: Student-t over seeds when there are several, else Wilson over the test points
 (`advprune.stats.accuracy_interval`); retained fractions a bootstrap interval (`tables.retained_estimate`). The
-other error bars and bands (training curves, per-layer sparsity, loss terms) are one standard deviation over
-seeds, drawn only where there is more than one seed. A verified-accuracy panel appears once records have
-`verified_acc`.
+other error bars and bands (training curves, per-layer sparsity, loss terms, security curves) are one standard
+deviation over seeds, drawn only where there is more than one seed. A verified-accuracy panel appears once records
+have `verified_acc`, an HO-FMN panel once they have `hofmn_acc`.
 
 Choices in the study figures:
 - harp_layer_rates compares HARP's per-layer density with the flat line at 1 - target: under the uniform
   layer-wise allocation (lwm with scope layer) every prunable layer has exactly that density, while which lwm key
   is layer-wise cannot be told from the tables.
+- security_curves draws ε from 0 to SECURITY_EPS_RANGE times the threat model's ε (the benchmark draws its 8/255
+  curves to 0.15, about 4.8 times), so panels of one dataset share a scale set by the threat model, not by the
+  least robust model.
 - pwoa_loss_terms plots every `loss_*` column the PwoA curves carry (and the total, train_loss) on a log axis where
   all are positive, else on a symmetric log axis (linear around zero), so terms of different scale stay visible.
 """
@@ -30,11 +33,13 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from advprune.security.curves import parse_distances, robust_accuracy
 from advprune.stats import accuracy_interval
 
 from .style import (
     DENSE,
     DENSE_COLOR,
+    attack_point,
     category_color,
     compression_label,
     method_color,
@@ -54,6 +59,8 @@ RETAINED_COLORS = {"clean_acc": "#9ecae1", "autoattack_acc": "#b2182b", "verifie
 UNIFORM_COLOR = "#4d4d4d"
 LOSS_TERM_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#1f78b4")
 PRUNE_PHASES = ("admm", "retrain")  # PwoA's, in the order they run
+SECURITY_EPS_RANGE = 4.0  # security curves run from ε = 0 to this multiple of the threat model's ε
+SECURITY_GRID = 201  # ε values per curve
 
 
 class NoData(Exception):
@@ -164,6 +171,53 @@ def robustness_vs_sparsity(summary: pd.DataFrame) -> Figure:
             ax.set_ylabel(f"{name} accuracy (%)")
     _legend(fig, method_handles(summary["method"]))
     fig.suptitle("Accuracy vs. sparsity, 95 % intervals (dashed and band: dense model; x axis ∝ −log(1 − sparsity))")
+    return fig
+
+
+def security_curves(summary: pd.DataFrame, distances: pd.DataFrame) -> Figure:
+    """Robust accuracy against ε read from HO-FMN's minimum-norm distances (`distances.csv`): one row of panels
+    per (dataset, arch), one panel per target sparsity, a line per method (mean over seeds, ± std band where there
+    are several), the dense model dashed in every panel. At the threat model's ε (dotted) each model's AutoAttack
+    accuracy from the summary, an open marker with its 95 % interval: a curve above its marker is what the
+    minimum-norm attack misses of AutoAttack at that ε."""
+    curves = distances[distances["table"] == "summary"]
+    if curves.empty:
+        raise NoData("distances.csv has no HO-FMN distances of the main grid (evaluate.hofmn is null)")
+    is_dense = curves["method"] == DENSE
+    targets = sorted(curves.loc[~is_dense, "sparsity_target"].unique()) or [0.0]
+    panels = _panels(curves)
+    fig, axes = new_figure(len(panels), len(targets), panel_w=3.4, panel_h=2.8)
+    for row, ((dataset, arch), df) in enumerate(panels):
+        threat_eps = sorted(df["eps"].astype(float).unique())
+        grid = np.linspace(0.0, SECURITY_EPS_RANGE * threat_eps[-1], SECURITY_GRID)
+        for col, target in enumerate(targets):
+            ax = axes[row, col]
+            title = f"{dataset} / {arch}: " + ("dense" if target == 0 else f"{pct_label(target)}% target")
+            models = df[np.isclose(df["sparsity_target"], target) | (df["method"] == DENSE)]
+            if models.empty:
+                _empty_panel(ax, title)
+                continue
+            for method in sort_methods(models["method"]):
+                runs = models[models["method"] == method]
+                acc = 100 * np.stack([robust_accuracy(parse_distances(d), grid) for d in runs["distances"]])
+                stats = pd.DataFrame({"mean": acc.mean(axis=0), "std": acc.std(axis=0, ddof=1) if len(acc) > 1 else np.nan}, index=grid)
+                _line_band(ax, stats, color=method_color(method), linestyle="--" if method == DENSE else "-", linewidth=1.4)
+                point = summary[(summary["dataset"] == dataset) & (summary["arch"] == arch) & (summary["method"] == method)
+                                & np.isclose(summary["sparsity_target"], runs["sparsity_target"].iloc[0])].dropna(subset=["autoattack_acc"])
+                if not point.empty:
+                    ci = _mean_ci(point, "method", "autoattack_acc")
+                    ax.errorbar([float(runs["eps"].iloc[0])], ci["mean"], yerr=_yerr(ci), capsize=3, zorder=4, **attack_point(method))
+            for eps in threat_eps:
+                ax.axvline(eps, color="0.4", linestyle=":", linewidth=1, zorder=0)
+            ax.set_xlim(0, grid[-1])
+            ax.set_ylim(0, 102)
+            ax.set_title(title)
+            ax.set_xlabel("L∞ perturbation size ε")
+            ax.set_ylabel("Robust accuracy (%)")
+    _legend(fig, method_handles(curves["method"])
+            + [Line2D([], [], **{**attack_point(DENSE), "color": NEUTRAL}, label="AutoAttack at ε\n(95 % interval)"),
+               Line2D([], [], color="0.4", linestyle=":", label=f"threat model ε\n({_threat(curves)})")])
+    fig.suptitle("Security curves: robust accuracy vs. ε\nfrom HO-FMN's minimum-norm L∞ distances")
     return fig
 
 

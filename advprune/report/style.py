@@ -96,6 +96,13 @@ def method_handles(methods) -> list[Line2D]:
     ]
 
 
+def attack_point(method: str) -> dict:
+    """Matplotlib style of one attack's accuracy drawn over a method's curve: an open marker in the method's colour
+    (a circle for the dense model, which has no marker)."""
+    return {"color": method_color(method), "marker": method_marker(method) or "o", "markerfacecolor": "white", "markeredgewidth": 1.5,
+            "markersize": 7, "linestyle": "none"}
+
+
 def pct_label(fraction: float) -> str:
     """0.5 -> '50', 0.99 -> '99', 0.999 -> '99.9'."""
     return f"{100 * fraction:g}"

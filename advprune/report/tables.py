@@ -9,7 +9,8 @@ Report tables (each built from one aggregated table by the function of the same 
 - findings: each reproduced paper's headline claim with the numbers that test it and a verdict (`findings.py`).
 Accuracies are in %: the mean over seeds with its 95 % interval, Student-t over the seeds when there are several,
 else the Wilson interval over the test points ("71.3 [66.4, 75.8]" in Markdown and LaTeX; `_lo`, `_hi` columns
-and the sample std `_std` in CSV). An accuracy a record does not have (verification not run) reads "not computed".
+and the sample std `_std` in CSV). An accuracy a record does not have (verification or HO-FMN not run) reads
+"not computed".
 """
 
 from __future__ import annotations
@@ -51,22 +52,25 @@ INPUT_COLUMNS = {
     "study_finetune": SUMMARY_COLUMNS + ["finetune_mode"],
     "study_objectives": SUMMARY_COLUMNS + ["pretrain_objective", "finetune_objective"],
     "per_point": ["table", "dataset", "arch", "seed", "method", "sparsity_target", "metric", "correct"],
+    # HO-FMN's distances of one record, space-separated in the split's order ("inf": none found)
+    "distances": ["table", "dataset", "arch", "seed", "method", "sparsity_target", "norm", "eps", "distances"],
 }
 # What made each model (scripts/aggregate.py MODEL_COLUMNS; the fine-tuning settings are `ft_<key>`, as many as the records have).
 MODEL_TEXT_COLUMNS = ("structure", "locality", "allocation", "ranking", "schedule", "convergence", "prune_objective")
 # Columns newer aggregates write and older tables lack; a missing one reads as empty (impl: the method key).
-_SUMMARY_OPTIONAL = ("impl", "structured", "latency_ms", "latency_dense_ms", "verified_acc", "points_sha256", "converged", *MODEL_TEXT_COLUMNS)
-OPTIONAL_COLUMNS = {"summary": _SUMMARY_OPTIONAL, "layer_sparsity": ("impl",),
+_SUMMARY_OPTIONAL = ("impl", "structured", "latency_ms", "latency_dense_ms", "verified_acc", "hofmn_acc", "points_sha256", "converged",
+                     *MODEL_TEXT_COLUMNS)
+OPTIONAL_COLUMNS = {"summary": _SUMMARY_OPTIONAL, "layer_sparsity": ("impl",), "distances": ("impl",),
                     "study_finetune": _SUMMARY_OPTIONAL, "study_objectives": _SUMMARY_OPTIONAL}
 # Free-form names: read back as numbers they would break sorting and labels.
 TEXT_COLUMNS = ("dataset", "arch", "method", "impl", "layer", "module", "stage", "phase", "finetune_mode",
                 "pretrain_objective", "finetune_objective", "table", "metric", "points_sha256", *MODEL_TEXT_COLUMNS,
                 "ft_objective", "ft_schedule", "ft_attack")
 # Read as text from the start: a string of 0s and 1s read as a number loses its leading zeros.
-_STRING_DTYPES = {"correct": str, "points_sha256": str}
+_STRING_DTYPES = {"correct": str, "points_sha256": str, "distances": str}
 
 # The accuracy columns of the summary and their display names, in table order.
-METRICS = {"clean_acc": "Clean", "pgd_acc": "PGD", "autoattack_acc": "AutoAttack", "verified_acc": "Verified"}
+METRICS = {"clean_acc": "Clean", "pgd_acc": "PGD", "autoattack_acc": "AutoAttack", "verified_acc": "Verified", "hofmn_acc": "HO-FMN"}
 NOT_COMPUTED = "not computed"
 KEYS = ["dataset", "arch", "method", "sparsity_target"]
 FINETUNE_MODES = ("none", "natural", "adversarial")

@@ -314,6 +314,7 @@ def report_outputs():
 # Figure -> (category, subcategory) in `snakemake --report`; each has its caption in workflow/report/<figure>.rst.
 REPORT_FIGURES = {
     "robustness_vs_sparsity": ("Results", "Robustness vs sparsity"),
+    "security_curves": ("Results", "Security curves (HO-FMN)"),
     "layer_sparsity": ("Results", "Per-layer sparsity"),
     "training_curves": ("Results", "Training curves"),
     "sensitivity": ("Results", "Module robustness sensitivity"),

@@ -39,6 +39,8 @@ rule aggregate:
         study_objectives="results/tables/study_objectives.csv",
         # per-point results of every record, for paired tests (findings)
         per_point="results/tables/per_point.csv",
+        # HO-FMN's per-point distances of every record: the security curves are drawn from them
+        distances="results/tables/distances.csv",
         provenance=report(
             "results/tables/provenance.csv",
             caption="../report/provenance.rst",
