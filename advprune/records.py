@@ -17,9 +17,10 @@ import re
 # Metric name in `per_point` -> its accuracy field. The first three are always computed; verified only when
 # verification ran (verified_acc null otherwise).
 ALWAYS = {"clean": "clean_acc", "pgd": "pgd_acc", "autoattack": "autoattack_acc"}
-OPTIONAL = {"verified": "verified_acc"}
-# A point an attack leaves correctly classified was correctly classified to begin with.
-ROBUST = ("pgd", "autoattack")
+OPTIONAL = {"verified": "verified_acc", "hofmn": "hofmn_acc"}
+# A point an attack leaves correctly classified was correctly classified to begin with (HO-FMN: a point whose
+# minimum-norm distance exceeds eps).
+ROBUST = ("pgd", "autoattack", "hofmn")
 REQUIRED = ("dataset", "arch", "seed", "method", "sparsity_target", "sparsity_measured", "threat_model", "n_examples", *ALWAYS.values(),
             "per_point", "points_sha256", "data_sha256", "layers", "provenance")
 
@@ -82,9 +83,12 @@ def record_problem(record: dict, path: str) -> str | None:
         # accuracies are float32 fractions: round them back to whole points
         if bits.count("1") != round(accuracy * n):
             return f"per_point[{metric!r}] has {bits.count('1')} of {n} points right, {field} {accuracy:g} says {round(accuracy * n)}"
+    distances = record.get("hofmn_distances")
+    if distances is not None and (not isinstance(distances, list) or len(distances) != n):
+        return f"hofmn_distances has {len(distances) if isinstance(distances, list) else 'no list of'} points, n_examples is {n}"
     clean = per_point["clean"]
     for metric in ROBUST:
-        if any(robust == "1" and correct == "0" for robust, correct in zip(per_point[metric], clean)):
+        if any(robust == "1" and correct == "0" for robust, correct in zip(per_point.get(metric) or "", clean)):
             return f"per_point[{metric!r}] has points counted robust that clean counts wrong"
     for key, value in path_identity(path).items():
         found = record.get(key)

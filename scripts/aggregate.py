@@ -179,6 +179,13 @@ def main(eval_jsons, sensitivity_csvs, pretrain_curves, finetune_curves, out, lo
     record_sources([*eval_jsons, *study_paths, *sensitivity_csvs, *pretrain_curves, *finetune_curves, *prune_infos], out["sources"])
 
 
+def outputs(results: str) -> dict:
+    """Where `main` writes, under a results directory (as workflow/rules/report.smk declares it)."""
+    tables = ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves", "per_point", "distances", "provenance", *STUDY_COLUMNS)
+    return {**{name: f"{results}/tables/{name}.csv" for name in tables}, "metrics": f"{results}/tables/summary.json", "plots": f"{results}/plots",
+            "sources": f"{results}/tables/{SOURCES}"}
+
+
 def cli(argv=None):
     import glob
 
@@ -186,10 +193,7 @@ def cli(argv=None):
     p.add_argument("--results", default="results", help="results directory of a finished run")
     a = p.parse_args(argv)
     r = a.results
-    tables = ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves", "per_point", "distances", *STUDY_COLUMNS)
-    out = {name: f"{r}/tables/{name}.csv" for name in tables}
-    out |= {"provenance": f"{r}/tables/provenance.csv", "metrics": f"{r}/tables/summary.json", "plots": f"{r}/plots"}
-    out["sources"] = f"{r}/tables/{SOURCES}"
+    out = outputs(r)
     # Without the workflow only the studies' own records are known (the records they share with the main grid are not).
     studies = {"study_finetune": [{"path": p, "labels": {}} for p in glob.glob(f"{r}/studies/finetune/**/eval.json", recursive=True)],
                "study_objectives": [{"path": p, "labels": {}} for p in [*glob.glob(f"{r}/studies/objectives/**/eval.json", recursive=True),

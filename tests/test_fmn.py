@@ -144,14 +144,20 @@ def _aggregate():
 
 
 def _record(method, sparsity, distances, aa, seed=0):
+    """A record that passes aggregate's checks (advprune.records): AutoAttack keeps the `aa` share of the points
+    farthest from the boundary, HO-FMN those beyond EPS."""
     n = len(distances)
     d = parse_distances(distances)
-    bits = {"clean": "".join("1" if v > 0 else "0" for v in d), "autoattack": "1" * round(aa * n) + "0" * (n - round(aa * n))}
+    clean, robust = d > 0, np.zeros(n, dtype=bool)
+    robust[np.argsort(-d, kind="stable")[:min(round(aa * n), int(clean.sum()))]] = True
+    bits = {metric: "".join("1" if v else "0" for v in correct) for metric, correct in
+            (("clean", clean), ("pgd", robust), ("autoattack", robust), ("hofmn", d > EPS))}
     return {"dataset": "digits", "arch": "small_cnn", "seed": seed, "method": method, "impl": method, "sparsity_target": sparsity,
-            "threat_model": {"norm": "Linf", "eps": EPS}, "n_examples": n, "clean_acc": float((d > 0).mean()), "pgd_acc": aa, "autoattack_acc": aa,
-            "hofmn_acc": float((d > EPS).mean()), "hofmn_distances": distances, "sparsity_measured": sparsity, "params_total": 100,
-            "params_nonzero": 50, "flops_dense": 10, "flops_effective": 5, "per_point": bits, "points_sha256": "h",
-            "layers": [{"layer": "fc", "layer_index": 0, "n_params": 100, "sparsity": sparsity}], "provenance": {"git_sha": "x"}}
+            "threat_model": {"norm": "Linf", "eps": EPS}, "n_examples": n, "clean_acc": float(clean.mean()), "pgd_acc": float(robust.mean()),
+            "autoattack_acc": float(robust.mean()), "hofmn_acc": float((d > EPS).mean()), "hofmn_distances": distances, "sparsity_measured": sparsity,
+            "params_total": 100, "params_nonzero": 50, "flops_dense": 10, "flops_effective": 5, "per_point": bits, "points_sha256": "h",
+            "data_sha256": "d", "layers": [{"layer": "fc", "layer_index": 0, "n_params": 100, "sparsity": sparsity}],
+            "provenance": {"git_sha": "x", "config_hash": "c"}}
 
 
 def test_security_curves_are_drawn_from_the_aggregated_tables(tmp_path):
@@ -171,17 +177,16 @@ def test_security_curves_are_drawn_from_the_aggregated_tables(tmp_path):
         path.write_text(json.dumps(_record(method, sparsity, distances, aa), allow_nan=False))
         paths.append(str(path))
     # one record without HO-FMN (evaluate.hofmn: null): no distances row, an empty hofmn_acc
-    off = {**_record("random", 0.9, [0.05] * 40, 0.1), "hofmn_acc": None, "hofmn_distances": None}
+    off = _record("random", 0.9, [0.05] * 40, 0.1)
+    off.update(hofmn_acc=None, hofmn_distances=None)
+    del off["per_point"]["hofmn"]
     path = tmp_path / "eval/digits/small_cnn/seed0/random/s0.9.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(off))
     paths.append(str(path))
     aggregate = _aggregate()
     tables = tmp_path / "tables"
-    out = {name: str(tables / f"{name}.csv") for name in ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves",
-                                                          "per_point", "distances", "provenance", *aggregate.STUDY_COLUMNS)}
-    out |= {"metrics": str(tmp_path / "tables/summary.json"), "plots": str(tmp_path / "plots")}
-    aggregate.main(paths, [], [], [], out)
+    aggregate.main(paths, [], [], [], aggregate.outputs(str(tmp_path)))
 
     summary, distances = read_table(str(tables), "summary"), read_table(str(tables), "distances")
     assert sorted(distances["method"]) == ["dense", "hydra", "hydra", "lwm", "lwm"]  # not random: HO-FMN was off

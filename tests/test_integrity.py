@@ -302,9 +302,7 @@ def _aggregate(tmp_path, records):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
         paths.append(str(path))
-    out = {name: str(tmp_path / f"tables/{name}.csv") for name in ("summary", "layer_sparsity", "sensitivity", "training_curves", "prune_curves",
-                                                                    "per_point", "provenance", *aggregate.STUDY_COLUMNS)}
-    out |= {"metrics": str(tmp_path / "tables/summary.json"), "plots": str(tmp_path / "plots")}
+    out = aggregate.outputs(str(tmp_path))
     aggregate.main(paths, [], [], [], out)
     return out
 

@@ -754,9 +754,7 @@ def test_aggregate_writes_intervals_and_per_point_results(tmp_path):
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(record))
         paths.append(str(path))
-    out = {name: str(tmp_path / f"tables/{name}.csv") for name in ("summary", "layer_sparsity", "sensitivity", "training_curves",
-                                                                    "prune_curves", "per_point", "distances", "provenance", *aggregate.STUDY_COLUMNS)}
-    out |= {"metrics": str(tmp_path / "tables/summary.json"), "plots": str(tmp_path / "plots"), "sources": str(tmp_path / "tables/sources.json")}
+    out = aggregate.outputs(str(tmp_path))
     aggregate.main(paths, [], [], [], out)
     summary = pd.read_csv(out["summary"]).set_index("method")
     # 35 of 50: Wilson centre 0.68572, half-width 0.12323.
