@@ -310,7 +310,8 @@ class Allocation:
         """The groups whose ratio a bound set instead of scale * weight: {group: {"ratio", "wanted", "side"}}."""
         out = {}
         for g, r in self.ratios.items():
-            side = "upper" if self.wanted[g] > self.upper[g] else "lower" if self.wanted[g] < self.lower[g] else None
+            # at its upper bound with scale * weight at or past it (out of reach, every group sits exactly there)
+            side = "upper" if self.wanted[g] >= self.upper[g] else "lower" if self.wanted[g] < self.lower[g] else None
             if side:
                 out[g] = {"ratio": r, "wanted": self.wanted[g], "side": side}
         return out
@@ -388,7 +389,8 @@ def allocation_report(allocation: Allocation, target: float, measure: str, bound
     if not met:
         summary += " (the ratio bounds and whole channels allow no closer)"
     if bounded:
-        summary += "; ratio set by a bound in " + ", ".join(f"{g} ({b['bound']}: {b['ratio']:.3f}, wanted {b['wanted']:.3f})" for g, b in bounded.items())
+        where = (f"{g} ({b['bound']}: {b['ratio']:.3f}, wanted {b['wanted']:.3f})" for g, b in bounded.items())
+        summary += "; ratio set by a bound in " + ", ".join(where)
     return {"converged": met, "summary": summary,
             "checks": {"target": target, "reached": allocation.reduction, "budget_met": met, "bounded": bounded}}
 

@@ -127,7 +127,8 @@ class MRPF(PruningMethod):
         if abs(reduction - sparsity) > 0.01:
             log.warning("mrpf: removed %.4f of the prunable %s for a target of %.4f (the ratio bounds and whole channels allow no closer)",
                         reduction, self.measure, sparsity)
-        convergence = allocation_report(allocation, sparsity, self.measure, {g: self._bound_names(allocation.upper[g], allocation.lower[g]) for g in mrs})
+        names = {g: self._bound_names(allocation.upper[g], allocation.lower[g]) for g in mrs}
+        convergence = allocation_report(allocation, sparsity, self.measure, names)
         by_name = {g.name: g for g in groups}
         # which layers a bound stopped, and how far: channels kept against those c * weight (the scale meeting the budget) would keep
         bounded = {g: {**b, "layers": by_name[g].outputs, "channels_kept": int(keep[g].sum()),
