@@ -75,16 +75,21 @@ def main():
     for sparsity in a.sparsities:
         results = {}
         for arm in ARMS:
-            stem = work / f"{arm}_s{sparsity:g}"
-            seconds = once(stem.with_suffix(".pt"), "prune.py", *common, "--model", str(dense), "--method", arm, "--sparsity", str(sparsity),
-                           "--sensitivity", str(sensitivity), "--out-model", str(stem.with_suffix(".pt")),
-                           "--out-info", str(stem.with_suffix(".json")))
-            info = json.loads(stem.with_suffix(".json").read_text())
+            name = f"{arm}_s{sparsity:g}"
+            pruned, pruned_info = work / f"{name}.pt", work / f"{name}.json"
+            seconds = once(pruned, "prune.py", *common, "--model", str(dense), "--method", arm, "--sparsity", str(sparsity),
+                           "--sensitivity", str(sensitivity), "--out-model", str(pruned), "--out-info", str(pruned_info))
+            info = json.loads(pruned_info.read_text())
+            # the same channels of the same dense model by the same ranking are the same network: its runs are reused
+            twin = next((other for other, (o, _, _) in results.items() if o["info"]["channels"] == info["info"]["channels"]), None)
+            if twin:
+                results[arm] = (info, results[twin][1], seconds)
+                continue
             records = []
             for seed in a.seeds:
-                tuned, out = work / f"{stem.name}_ft{seed}.pt", work / f"{stem.name}_ft{seed}.json"
-                once(tuned, "finetune.py", *common, "--model", str(stem.with_suffix(".pt")), "--method", arm, "--seed", str(seed),
-                     "--out-model", str(tuned), "--out-curve", str(tuned.with_suffix(".csv")), "--resume", str(tuned.with_suffix(".state")))
+                tuned, out = work / f"{name}_ft{seed}.pt", work / f"{name}_ft{seed}.json"
+                once(tuned, "finetune.py", *common, "--model", str(pruned), "--method", arm, "--seed", str(seed),
+                     "--out-model", str(tuned), "--out-curve", str(work / f"{name}_ft{seed}.csv"), "--resume", str(work / f"{name}_ft{seed}.state"))
                 once(out, "evaluate.py", *common, "--arch", arch, "--model", str(tuned), "--method", arm, "--sparsity", str(sparsity),
                      "--seed", str(seed), "--out", str(out))
                 records.append(json.loads(out.read_text()))

@@ -236,6 +236,9 @@ def test_prune_finetune_and_evaluate_scripts_handle_a_structured_model(digits_di
     assert [r["n_params"] for r in info["layers"]] == [w.numel() for w in prunable_weights(dense).values()]
     assert abs(info["sparsity_measured"] - 0.5) < 0.05  # width 4: coarse channel granularity
     assert info["info"]["channels"]["layer4.0.conv1"][1] == 32
+    # the method's own convergence report (budget met), not the generic one-shot line prune.py fills in
+    assert info["convergence"]["checks"]["reached"] == pytest.approx(info["sparsity_measured"], abs=1e-6)
+    assert info["convergence"]["converged"] == (abs(info["sparsity_measured"] - 0.5) <= 0.01) and "convergence" not in info["info"]
 
     _script("finetune").main(str(tmp_path / "p.pt"), digits_dir, 0, finetune_params(config, dataset="digits"),
                              str(tmp_path / "f.pt"), str(tmp_path / "f.csv"), str(tmp_path / "f.state.pt"))
