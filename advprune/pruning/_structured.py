@@ -13,7 +13,8 @@ the group, so names are the same for every copy of an architecture):
 - `channel_groups(model, x)`: the groups in network order;
 - `channel_importance(model, groups, criterion)`: one score per channel ("l1", "l2", "random", "taylor");
 - `keep_for_ratios`, `ratios_for_budget`: which channels to keep for per-group ratios, and per-group ratios
-  that meet a parameter or FLOPs budget;
+  that meet a parameter or FLOPs budget within per-group bounds (an `Allocation`; `allocation_report` says
+  whether the budget was met and which groups a bound stopped);
 - `remove_channels(model, x, keep)`: a physically smaller deep copy (Torch-Pruning does the surgery);
 - `masked_equivalent(model, x, keep)`: the original shapes with the removed channels' contribution zeroed,
   which computes the same function as the smaller network in eval mode (what the tests compare against);
@@ -186,6 +187,24 @@ def channel_importance(
     return scores
 
 
+def taylor_grads(model: nn.Module, context, batches: int) -> dict[str, torch.Tensor]:
+    """dL/dw for criterion "taylor": the gradient of the pretraining objective's mean loss (the adversarial loss,
+    for an adversarial objective) over the first `batches` shuffled training batches of `context` (a
+    PruneContext), on a copy: the objective runs the model in train mode, which would move its BatchNorm statistics."""
+    work = copy.deepcopy(model)
+    work.train()
+    objective = context.build_objective()
+    shuffle = torch.Generator(device=context.train.x.device).manual_seed(context.seed)
+    n = 0
+    for x, y in context.train.batches(context.objective["batch_size"], shuffle=True, generator=shuffle):
+        loss, _ = objective(work, x, y)
+        loss.backward()
+        n += 1
+        if n == batches:
+            break
+    return {name: p.grad / n for name, p in work.named_parameters() if p.grad is not None}
+
+
 def _n_pruned(ratio: float, n: int) -> int:
     return min(max(round(ratio * n), 0), n - 1)
 
@@ -275,6 +294,29 @@ def structured_cost(model: nn.Module, example_input: torch.Tensor) -> dict[str, 
     return {m: sum(c[m] for c in costs.values()) for m in MEASURES}
 
 
+@dataclass
+class Allocation:
+    """Per-group pruning ratios for a budget (`ratios_for_budget`): `ratios` the ones used, `wanted` scale * weight
+    before any bound, `lower`/`upper` each group's bounds, `reduction` the fraction of the counted measure that
+    `keep_for_ratios` removes with these ratios."""
+
+    ratios: dict[str, float]
+    wanted: dict[str, float]
+    lower: dict[str, float]
+    upper: dict[str, float]
+    reduction: float
+
+    def bounded(self) -> dict[str, dict]:
+        """The groups whose ratio a bound set instead of scale * weight: {group: {"ratio", "wanted", "side"}}."""
+        out = {}
+        for g, r in self.ratios.items():
+            # at its upper bound with scale * weight at or past it (out of reach, every group sits exactly there)
+            side = "upper" if self.wanted[g] >= self.upper[g] else "lower" if self.wanted[g] < self.lower[g] else None
+            if side:
+                out[g] = {"ratio": r, "wanted": self.wanted[g], "side": side}
+        return out
+
+
 def ratios_for_budget(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -285,19 +327,20 @@ def ratios_for_budget(
     min_ratio: float = 0.0,
     max_ratio: float = 0.95,
     counted_layers: list[str] | None = None,
-) -> dict[str, float]:
-    """Per-group pruning ratios clamp(s * weights[g], min_ratio, max_ratio) (groups missing from `weights` get
-    weight 0), with the scale s found by bisection so that the fraction of the dense `measure` ("params": weights,
-    "flops": multiply-accumulates) of `counted_layers` (default: every Conv2d/Linear) removed by
-    `keep_for_ratios` is as close to `target` as channel granularity allows. When even max_ratio everywhere
-    falls short, those are the ratios returned."""
+    bounds: dict[str, tuple[float, float]] | None = None,
+) -> Allocation:
+    """Per-group pruning ratios clamp(s * weights[g], lower_g, upper_g) (groups missing from `weights` get weight
+    0; the bounds are [min_ratio, max_ratio], narrowed per group by `bounds`), with the scale s found by bisection
+    so that the fraction of the dense `measure` ("params": weights, "flops": multiply-accumulates) of
+    `counted_layers` (default: every Conv2d/Linear) removed by `keep_for_ratios` is as close to `target` as channel
+    granularity allows. When even every upper bound falls short, those are the ratios returned."""
     if measure not in MEASURES:
         raise ValueError(f"unknown budget measure {measure!r} ({' | '.join(MEASURES)})")
     if not 0.0 <= min_ratio <= max_ratio < 1.0:
         raise ValueError(f"need 0 <= min_ratio <= max_ratio < 1, got {min_ratio}, {max_ratio}")
-    unknown = set(weights) - {g.name for g in groups}
+    unknown = (set(weights) | set(bounds or {})) - {g.name for g in groups}
     if unknown:
-        raise ValueError(f"weights for unknown channel groups: {sorted(unknown)}")
+        raise ValueError(f"weights or bounds for unknown channel groups: {sorted(unknown)}")
     if any(w < 0 for w in weights.values()):
         raise ValueError("ratios_for_budget: weights must be >= 0")
     layers = dict(_weight_layers(model))
@@ -305,26 +348,51 @@ def ratios_for_budget(
     if counted_layers is not None:
         costs = {name: costs[name] for name in counted_layers}
     in_features = {name: (m.in_channels if isinstance(m, nn.Conv2d) else m.in_features) for name, m in layers.items()}
+    lower = {g.name: max(min_ratio, (bounds or {}).get(g.name, (0.0, 1.0))[0]) for g in groups}
+    upper = {g.name: max(lower[g.name], min(max_ratio, (bounds or {}).get(g.name, (0.0, 1.0))[1])) for g in groups}
 
     def ratios_at(scale: float) -> dict[str, float]:
-        return {g.name: min(max(scale * weights.get(g.name, 0.0), min_ratio), max_ratio) for g in groups}
+        return {g.name: min(max(scale * weights.get(g.name, 0.0), lower[g.name]), upper[g.name]) for g in groups}
 
     def removed_at(scale: float) -> float:
         ratios = ratios_at(scale)
         return _removed(costs, in_features, groups, {g.name: _n_pruned(ratios[g.name], g.n_channels) for g in groups})
 
+    def allocation(scale: float) -> Allocation:
+        return Allocation(ratios_at(scale), {g.name: scale * weights.get(g.name, 0.0) for g in groups}, lower, upper, removed_at(scale))
+
     positive = [w for w in weights.values() if w > 0]
-    lo, hi = 0.0, (max_ratio / min(positive) if positive else 0.0)
+    lo, hi = 0.0, (max(upper.values()) / min(positive) if positive else 0.0)
     if removed_at(hi) <= target:
-        return ratios_at(hi)
+        return allocation(hi)
     for _ in range(60):
         mid = (lo + hi) / 2
         if removed_at(mid) <= target:
             lo = mid
         else:
             hi = mid
-    best = lo if target - removed_at(lo) <= removed_at(hi) - target else hi
-    return ratios_at(best)
+    return allocation(lo if target - removed_at(lo) <= removed_at(hi) - target else hi)
+
+
+BUDGET_TOLERANCE = 0.01  # a one-shot allocation met its budget when it removed the target to within 1 point
+
+
+def allocation_report(allocation: Allocation, target: float, measure: str, bound_names: dict[str, dict[str, str]] | None = None) -> dict:
+    """The convergence report of a one-shot structured allocation ({"converged", "summary", "checks"}): it has no
+    schedule to run through; it converged when it removed the target fraction of the prunable `measure` (whole
+    channels and the ratio bounds may not allow it, e.g. at 99 % of a narrow network). `checks.bounded` names every
+    group whose ratio a bound set, with the ratio the allocation wanted and the bound that stopped it
+    (`bound_names[group][side]`, default the side)."""
+    met = abs(allocation.reduction - target) <= BUDGET_TOLERANCE
+    bounded = {g: {**b, "bound": (bound_names or {}).get(g, {}).get(b["side"], b["side"])} for g, b in allocation.bounded().items()}
+    summary = f"one-shot: removed {allocation.reduction:.4f} of the prunable {measure} for a target of {target:.4f}"
+    if not met:
+        summary += " (the ratio bounds and whole channels allow no closer)"
+    if bounded:
+        where = (f"{g} ({b['bound']}: {b['ratio']:.3f}, wanted {b['wanted']:.3f})" for g, b in bounded.items())
+        summary += "; ratio set by a bound in " + ", ".join(where)
+    return {"converged": met, "summary": summary,
+            "checks": {"target": target, "reached": allocation.reduction, "budget_met": met, "bounded": bounded}}
 
 
 def _removed(costs: dict[str, int], in_features: dict[str, int], groups: list[ChannelGroup], n_pruned: dict[str, int]) -> float:
