@@ -180,7 +180,8 @@ def test_hydra_batchnorm_updates_the_statistics_with_the_official_trainers_forwa
 def test_budget_columns_count_optimizer_and_attack_steps_not_the_extra_clean_passes(digits_dir, tmp_path):
     split = load_split(digits_dir, "train", n=96)
     settings = TrainSettings(epochs=2, batch_size=32, lr=0.1, batchnorm="hydra", epoch_steps=5)
-    curve = train(build_model("small_cnn", 10, 1, (8, 8), width=4), build_objective("trades", 0.1, ATTACK), split, split, settings, 0, tmp_path / "s.pt")
+    model = build_model("small_cnn", 10, 1, (8, 8), width=4)
+    curve = train(model, build_objective("trades", 0.1, ATTACK), split, split, settings, 0, tmp_path / "s.pt")
     assert [(row["steps"], row["attack_calls"]) for row in curve] == [(5, 5 * ATTACK["steps"])] * 2  # 5 steps: one pass of 3 and 2 more
     assert curve_budget(curve)["optimizer_steps"] == 10 and all(row["train_seconds"] > 0 for row in curve)
 
@@ -208,7 +209,8 @@ def test_epoch_steps_draw_consecutive_passes_and_resume_to_the_same_weights(digi
             models[run] = build_model("small_cnn", 10, 1, (8, 8), width=4)
         curve = train(models[run], Natural(), split, split, settings, 0, tmp_path / f"{run}.pt")
         assert [row["steps"] for row in curve] == [5, 5]
-    assert (curve[0]["train_seconds"], curve[0]["seconds"]) == (first_epoch["train_seconds"], first_epoch["seconds"])  # resumed: the killed run's epoch
+    # resumed: the killed run's first epoch, its timings included
+    assert (curve[0]["train_seconds"], curve[0]["seconds"]) == (first_epoch["train_seconds"], first_epoch["seconds"])
     assert all(torch.equal(a, b) for a, b in zip(models["straight"].state_dict().values(), models["killed"].state_dict().values()))
 
 
@@ -220,8 +222,8 @@ def test_keep_best_ends_with_the_best_validation_epoch(digits_dir, tmp_path):
     best = max(row["val_clean_acc"] for row in curve)
     assert accuracy(model, val) == pytest.approx(best)
     with pytest.raises(ValueError, match="needs a validation attack"):
-        train(model, build_objective("natural", 0.1, ATTACK), train_split, val, TrainSettings(epochs=1, batch_size=32, lr=0.1, keep="best_val_robust"), 0,
-              tmp_path / "t.pt")
+        settings = TrainSettings(epochs=1, batch_size=32, lr=0.1, keep="best_val_robust")
+        train(model, build_objective("natural", 0.1, ATTACK), train_split, val, settings, 0, tmp_path / "t.pt")
 
 
 def test_loop_options_are_validated_and_reach_the_training_settings():

@@ -126,7 +126,8 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor] | None) -> None
             params[name].mul_(mask if mask.dtype == params[name].dtype else mask.to(params[name].dtype))
 
 
-def training_step(model: nn.Module, objective: Objective, optimizer, x, y, fast: FastPath, masks=None, batchnorm: str = "loss") -> tuple[torch.Tensor, torch.Tensor]:
+def training_step(model: nn.Module, objective: Objective, optimizer, x, y, fast: FastPath, masks=None,
+                  batchnorm: str = "loss") -> tuple[torch.Tensor, torch.Tensor]:
     """One update: the objective (its attack included) under the fast path's autocast, backward outside it as
     autocast wants, the step, then the masks. Returns (loss, logits), still on the device.
     `batchnorm: hydra` adds the official trainer's clean forwards before and after the objective's (module docstring)."""
