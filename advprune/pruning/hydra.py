@@ -30,14 +30,19 @@ utils/schedules.py, args.py, configs/configs.yml, get_compact_net_adv_train.sh);
   - the last epoch's scores make the mask (the official fine-tuning starts from the pruning run's last
     checkpoint, checkpoint.pth.tar, not model_best).
 
-Running its course. The official 20 epochs are 7,820 optimizer steps on CIFAR-10 (391 per epoch); on digits
-(1,222 training images) an epoch is 10 steps. `epoch_steps` writes the phase in steps: `epoch_steps: 391` runs
+Running its course. HYDRA has no stopping rule of its own: the official phase is its schedule, 20 epochs of 391
+optimizer steps on CIFAR-10 (batch 128) along the shifted cosine, 7,820 steps over which the scores travel from
+the LWM mask. On digits (1,222 training images) an epoch is 10 steps, so the scripts' 20 epochs are 200 steps
+and the default config's 5 are 50. `epoch_steps` writes the phase in steps: `epochs: 20, epoch_steps: 391` runs
 the official phase step for step, with the same 20-value learning-rate staircase, on any dataset. Converged
-means the mask has settled: the last epoch replaced at most MASK_SETTLED (1 %) of the kept weights
-(`mask_replaced`, per epoch in the curve). The mask is what the phase delivers and the fine-tuning starts from,
-so a mask that still swaps more than 1 % of its weights per epoch would have come out elsewhere with one more
-epoch: the phase stopped on its way. (The 1 % was fixed before any run was looked at.) info["convergence"]
-reports it, with the phase's optimizer steps beside the official 7,820.
+(info["convergence"]) therefore means the phase ran the official phase's optimizer steps (check
+`official_steps`, >= 7,820, counted as steps whatever the batch size). Beside it the report gives how much of the
+mask the last epoch still replaced (`mask_replaced`, per epoch in the curve), the behavioural reading. That reading
+was our first definition, fixed before any run (converged when the last epoch replaces <= 1 % of the kept
+weights); it was dropped because the official schedule itself does not meet it: on the default network at 99 %
+(TRADES, seed 0) the last epoch replaced 5.2 % of the kept weights after 5 epochs and still 2.7 % after the
+scripts' 20 (200 steps), at 2.4 % of the peak learning rate, while the mask's distance from LWM grew by 0.01 % of
+the weights in that epoch: scores at the top-k boundary keep trading places as long as the learning rate is not 0.
 
 Deviations: a layer prunes round(sparsity * n) weights (masks_from_scores, ties by index, shared by every method)
 where GetSubnet prunes int((1 - k) n), rounded down: one weight fewer in a layer whose sparsity * n has a fraction
@@ -59,8 +64,7 @@ from advprune.training import OBJECTIVES, TrainSettings
 from advprune.training.losses import Objective
 
 SCORE_INITS = ("scaled", "kaiming_uniform", "kaiming_normal")
-MASK_SETTLED = 0.01  # converged: the last epoch replaced at most this fraction of the kept weights
-OFFICIAL_STEPS = 20 * 391  # the official phase on CIFAR-10: 20 epochs of 391 steps of 128
+OFFICIAL_STEPS = 20 * 391  # the official phase on CIFAR-10: 20 epochs of 391 steps of 128 (converged: at least as many)
 
 
 @register_method("hydra")
@@ -119,15 +123,13 @@ class Hydra(PruningMethod):
 
 
 def convergence(curve: list[dict]) -> dict:
-    """The score phase's convergence report: has the mask settled (module docstring)?"""
+    """The score phase's convergence report: did it run the official phase's optimizer steps (module docstring)?"""
     steps = sum(row["steps"] for row in curve)
-    if not curve:
-        return {"converged": True, "summary": "0 epochs: the initial scores' mask, nothing to train", "checks": {}}
-    replaced = curve[-1]["mask_replaced"]
-    settled = replaced <= MASK_SETTLED
-    summary = (f"mask {'settled' if settled else 'still moving'}: the last of {len(curve)} epochs replaced {100 * replaced:.1f} % of the kept "
-               f"weights (converged at <= {100 * MASK_SETTLED:g} %); {steps} optimizer steps (official CIFAR-10 phase: {OFFICIAL_STEPS})")
-    return {"converged": settled, "summary": summary, "checks": {"mask_settled": {"value": replaced, "target": MASK_SETTLED, "ok": settled}}}
+    ran = steps >= OFFICIAL_STEPS
+    summary = f"{steps} of the official phase's {OFFICIAL_STEPS} optimizer steps ({len(curve)} epochs)"
+    if curve:
+        summary += f"; the last epoch replaced {100 * curve[-1]['mask_replaced']:.1f} % of the kept weights"
+    return {"converged": ran, "summary": summary, "checks": {"official_steps": {"value": steps, "target": OFFICIAL_STEPS, "ok": ran}}}
 
 
 class _TopK(torch.autograd.Function):

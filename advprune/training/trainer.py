@@ -250,6 +250,8 @@ def train(
         by_name = dict(model.named_parameters())
         masks = {name: mask.to(by_name[name].dtype) for name, mask in masks.items()}
     apply_masks(model, masks)
+    if settings.schedule == "hydra_cosine" and settings.epochs == 1:
+        log.warning("%s: hydra_cosine over 1 epoch sets lr 0 (the official formula's cos(-pi)): only BatchNorm statistics will change", desc)
     if settings.epochs > start_epoch:
         log.info("%s: %s on %s; augmentation: %s", desc, fast.describe(), fast.device_type, augmentation.describe() if augmentation else "none")
 
