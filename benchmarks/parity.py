@@ -129,22 +129,25 @@ def evaluate(model_path: Path, test, config: dict, autoattack: bool) -> dict:
     return {"clean_acc": float(clean.float().mean()), "pgd_acc": float(robust.float().mean()), "per_point": {"clean": to_bits(clean), "pgd": to_bits(robust)}}
 
 
-def run_ours(claim: str, seed: int, config: dict, cfg_path: Path, dense: Path, work: Path, threads: int) -> tuple[Path, dict]:
+def run_ours(claim: str, seed: int, config: dict, dense: Path, work: Path, threads: int) -> Path:
+    """Our prune and finetune jobs for one claim and seed (kept: a rerun in the same work dir reuses the model)."""
     from advprune.config import finetune_params, prune_params
 
     key, sparsity = CLAIMS[claim]
     dataset, data_dir = config["datasets"][0], str(work / "data" / config["datasets"][0])
     out = work / "ours" / claim / f"seed{seed}"
+    if (out / "model.pt").exists():
+        return out / "model.pt"
     out.mkdir(parents=True, exist_ok=True)
     _script("prune").main(str(dense), data_dir, sparsity, seed, prune_params(config, key, dataset=dataset), str(out / "pruned.pt"), str(out / "info.json"),
                           threads=threads, log=str(out / "prune.log"), resume_prefix=str(out / "prune"))
     _script("finetune").main(str(out / "pruned.pt"), data_dir, seed, finetune_params(config, key, dataset=dataset), str(out / "model.pt"),
                              str(out / "curve.csv"), str(out / "finetune.state.pt"), threads=threads, log=str(out / "finetune.log"))
-    info = json.loads((out / "info.json").read_text())
-    return out / "model.pt", {"convergence": info["convergence"], "sparsity": info["sparsity_measured"]}
+    return out / "model.pt"
 
 
-def run_port(claim: str, seed: int, config: dict, dense: Path, work: Path) -> tuple[Path, dict]:
+def run_port(claim: str, seed: int, config: dict, dense: Path, work: Path) -> Path:
+    """The port's runs for one claim and seed: a model with our layers (weights times masks) and the masks."""
     import hydra_port
     import torch
 
@@ -152,6 +155,9 @@ def run_port(claim: str, seed: int, config: dict, dense: Path, work: Path) -> tu
     from advprune.data import load_meta, load_split
 
     key, sparsity = CLAIMS[claim]
+    out = work / "port" / claim / f"seed{seed}"
+    if (out / "model.pt").exists():
+        return out / "model.pt"
     data_dir = work / "data" / config["datasets"][0]
     train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
     data = {"train_x": train.float_x(), "train_y": train.y, "val_x": val.float_x(), "val_y": val.y}
@@ -163,14 +169,28 @@ def run_port(claim: str, seed: int, config: dict, dense: Path, work: Path) -> tu
         model, curves["finetune"] = hydra_port.run(model, "finetune", data, port_args(config, key, "finetune"), seed)
     else:
         model, curves["finetune"] = hydra_port.run(model, "finetune", data, port_args(config, key, "finetune"), seed, scaled_score_init=True)
-    kept = hydra_port.masks(model)
-    out = work / "port" / claim / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
-    dense_model = hydra_port.subnet_to_dense(model, copy.deepcopy(plain))
-    save_model(out / "model.pt", dense_model, ckpt["arch"], ckpt["model_options"], load_meta(data_dir), masks=kept)
-    zeros = sum(int((~m).sum()) for m in kept.values()) / sum(m.numel() for m in kept.values())
     torch.save(curves, out / "curves.pt")
-    return out / "model.pt", {"sparsity": zeros, "curves": curves}
+    dense_model = hydra_port.subnet_to_dense(model, copy.deepcopy(plain))
+    save_model(out / "model.pt", dense_model, ckpt["arch"], ckpt["model_options"], load_meta(data_dir), masks=hydra_port.masks(model))
+    return out / "model.pt"
+
+
+def evaluated(model_path: Path, test, config: dict, autoattack: bool) -> dict:
+    """evaluate(), kept beside the model: a rerun in the same work dir (e.g. with more seeds) reuses it."""
+    from advprune.checkpoint import write_json
+
+    path = model_path.with_name("eval_autoattack.json" if autoattack else "eval_pgd.json")
+    if not path.exists():
+        write_json(evaluate(model_path, test, config, autoattack), path)
+    return json.loads(path.read_text())
+
+
+def sparsity(model_path: Path) -> float:
+    from advprune.checkpoint import load_torch
+
+    masks = load_torch(model_path)["masks"]
+    return sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
 
 
 def mask_agreement(a: Path, b: Path) -> float:
@@ -210,7 +230,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "config/config.yaml"), help="network, pretraining, method entries, evaluation (default: the default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (pruning and fine-tuning); >= 2")
-    p.add_argument("--work", default=None, help="work directory; an existing one reuses its data and pretrained model (default: a new temporary one)")
+    p.add_argument("--work", default=None, help="work directory: an existing one reuses what it holds (data, the pretrained model, trained models and "
+                   "their evaluations; use a new one after changing code), e.g. to add seeds (default: a new temporary one)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-autoattack", action="store_true", help="judge PGD accuracy instead of AutoAttack's")
     p.add_argument("--quick", action="store_true",
@@ -225,13 +246,17 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     config = benchmark_config(Path(a.config), work, a.quick)
     check_official_loop(config)
-    (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    written = yaml.safe_dump(config, sort_keys=False)
+    if (work / "config.yaml").exists() and (work / "config.yaml").read_text() != written:
+        raise SystemExit(f"parity: {work} holds runs of another configuration; give a new --work")
+    (work / "config.yaml").write_text(written)
     autoattack = not (a.quick or a.no_autoattack)
     metric = "autoattack_acc" if autoattack else "pgd_acc"
     started = time.perf_counter()
 
     from advprune.config import fetch_params, pretrain_params
     from advprune.data import load_split
+    from advprune.stats import from_bits
 
     dataset, arch = config["datasets"][0], config["archs"][0]
     data_dir = work / "data" / dataset
@@ -250,14 +275,14 @@ def main(argv=None) -> int:
     for claim in CLAIMS:
         results[claim] = {"ours": [], "port": []}
         for seed in a.seeds:
-            ours_path, ours = run_ours(claim, seed, config, work / "config.yaml", dense, work, a.threads)
-            port_path, port = run_port(claim, seed, config, dense, work)
+            ours_path, port_path = run_ours(claim, seed, config, dense, work, a.threads), run_port(claim, seed, config, dense, work)
             for side, path in (("ours", ours_path), ("port", port_path)):
-                record = evaluate(path, test, config, autoattack)
+                record = evaluated(path, test, config, autoattack)
                 results[claim][side].append({**{k: v for k, v in record.items() if k != "per_point"},
-                                             "bits": np.frombuffer(record["per_point"]["autoattack" if autoattack else "pgd"].encode(), np.uint8) == ord("1")})
-            notes.append(f"{claim} seed {seed}: sparsity ours {ours['sparsity']:.4f} port {port['sparsity']:.4f}, masks agree on "
-                         f"{100 * mask_agreement(ours_path, port_path):.2f} % of weights; ours: {ours['convergence']['summary']}")
+                                             "bits": from_bits(record["per_point"]["autoattack" if autoattack else "pgd"])})
+            convergence = json.loads((ours_path.with_name("info.json")).read_text())["convergence"]["summary"]
+            notes.append(f"{claim} seed {seed}: sparsity ours {sparsity(ours_path):.4f} port {sparsity(port_path):.4f}, masks agree on "
+                         f"{100 * mask_agreement(ours_path, port_path):.2f} % of weights; ours: {convergence}")
     lines, ok = judge(results, metric)
     print("\n".join(lines))
     print("\n".join(notes))
