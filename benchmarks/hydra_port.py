@@ -224,4 +224,5 @@ def subnet_to_dense(model: nn.Module, plain: nn.Module) -> nn.Module:
 
 def masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """Parameter name -> kept (bool) of every subnet layer."""
-    return {f"{name}.weight": GetSubnet.apply(m.popup_scores.data.abs(), m.k).bool() for name, m in model.named_modules() if hasattr(m, "popup_scores")}
+    return {f"{name}.weight": GetSubnet.apply(m.popup_scores.data.abs(), m.k).bool()
+            for name, m in model.named_modules() if hasattr(m, "popup_scores")}

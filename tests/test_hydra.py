@@ -96,7 +96,8 @@ def test_convergence_is_the_official_phase_s_steps_and_the_curve_tracks_the_mask
     assert replaced > 0 and result.info["curves"]["scores"][-1]["mask_replaced"] == pytest.approx(replaced)
     report = result.info["convergence"]
     assert report["checks"] == {"official_steps": {"value": 4, "target": 7820, "ok": False}} and not report["converged"]  # 256 images, batches of 64
-    assert report["summary"] == f"4 of the official phase's 7820 optimizer steps (1 epochs); the last epoch replaced {100 * replaced:.1f} % of the kept weights"
+    assert report["summary"] == ("4 of the official phase's 7820 optimizer steps (1 epochs); "
+                                 f"the last epoch replaced {100 * replaced:.1f} % of the kept weights")
     rows = [{"steps": 391, "mask_replaced": 0.03}] * 20
     assert convergence(rows)["converged"] and not convergence(rows[:19])["converged"] and not convergence([])["converged"]
 

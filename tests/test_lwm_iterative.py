@@ -6,8 +6,8 @@ import torch
 import yaml
 
 from advprune.pruning import PruneContext, build_method, layer_sparsity, masks_from_scores, prunable_weights
-from advprune.training import apply_masks
 from advprune.pruning.lwm import LWM
+from advprune.training import apply_masks
 from conftest import REPO, prune_context, small_model
 
 

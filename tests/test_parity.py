@@ -56,7 +56,8 @@ def test_port_schedule_is_the_loop_s_hydra_cosine():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     settings = TrainSettings(epochs=7, batch_size=1, lr=0.1, schedule="hydra_cosine")
     assert [port.cosine_lr(optimizer, 0.1, 7, e) for e in range(7)] == pytest.approx([0.1 * learning_rate_factor(settings, e) for e in range(7)])
-    assert learning_rate_factor(settings, 1) == 1 and learning_rate_factor(TrainSettings(epochs=1, batch_size=1, lr=1, schedule="hydra_cosine"), 0) == 0
+    assert learning_rate_factor(settings, 1) == 1  # the second epoch runs at the full rate
+    assert learning_rate_factor(TrainSettings(epochs=1, batch_size=1, lr=1, schedule="hydra_cosine"), 0) == 0  # one epoch: cos(-pi)
 
 
 def test_port_scaled_init_is_layerwise_lwm_and_computes_the_masked_network():
@@ -83,4 +84,5 @@ def test_port_prune_mode_trains_scores_and_batchnorm_only():
     trainable = {n for n, p in subnet.named_parameters() if p.requires_grad}
     assert trainable == {n for n in dict(subnet.named_parameters()) if n.endswith("popup_scores") or n.split(".")[0] in {"1", "4", "8"}}
     port.prepare_model(subnet, "finetune")
-    assert {n for n, p in subnet.named_parameters() if p.requires_grad} == {n for n in dict(subnet.named_parameters()) if not n.endswith("popup_scores")}
+    trainable = {n for n, p in subnet.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in dict(subnet.named_parameters()) if not n.endswith("popup_scores")}

@@ -10,10 +10,10 @@ import yaml
 
 from advprune.attacks import PGD
 from advprune.checkpoint import load_torch
+from advprune.config import ConfigError, finetune_params, validate
 from advprune.data import load_split
 from advprune.models import build_model
 from advprune.pruning import PruneContext, build_method
-from advprune.config import ConfigError, finetune_params, validate
 from advprune.training import FastPath, TrainSettings, apply_masks, build_objective, curve_budget, from_params, train, training_step
 from advprune.training.losses import Natural
 from advprune.training.trainer import accuracy

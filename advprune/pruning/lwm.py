@@ -32,6 +32,12 @@ objective is the pretraining objective (`objective: null`), the paper's matched 
 baseline: TRADES after TRADES pretraining). Not official: the number of steps K, the schedule of sparsities and
 `finetune_epochs` (HYDRA fine-tunes 100 epochs once; the papers' iteration schedule is not public).
 
+One-shot LWM fine-tuned with HYDRA's official loop (the finetune section of benchmarks/parity.py, 5 epochs at 90 %,
+4 seeds, standard AutoAttack on the 359 test points): ours 65.3 % (66.6 / 61.8 / 66.9 / 66.0), a port of the
+official loop (fine-tuning with the scaled score init frozen) 66.4 % (68.0 / 67.1 / 63.5 / 67.1, 95 % interval
+[61.4, 71.3]); ours - port -1.1 points [-4.8, +2.4]. The masks agree but for one weight of 61,984: the official
+GetSubnet prunes int(sparsity * n) of a layer, masks_from_scores round(sparsity * n).
+
 Convergence (info["convergence"]): every pruning step reached its sparsity, counted on the masks (per layer
 with scope 'layer', in total with 'global'), and every fine-tuning round ran all its epochs. One-shot LWM
 reports its single step.
