@@ -433,7 +433,7 @@ def _training(config: dict, section: str, dataset: str, override: dict | None = 
     """A training section's settings, with the dataset's augmentation (it is part of how the model trains)."""
     cfg = {**config[section], **(override or {})}
     objective = cfg.get("objective") or config["pretrain"]["objective"]
-    out = {k: cfg[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule")}
+    out = {k: cfg[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "batchnorm", "keep", "epoch_steps")}
     out["objective"] = objective
     out["attack"] = cfg.get("attack") or config["pretrain"]["attack"]
     if objective == "trades":

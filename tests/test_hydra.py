@@ -9,7 +9,7 @@ import yaml
 
 from advprune.data import load_split
 from advprune.pruning import build_method, layer_sparsity, masks_from_scores, prunable_weights
-from advprune.pruning.hydra import Hydra, _score_phase
+from advprune.pruning.hydra import Hydra, _score_phase, convergence
 from advprune.training import TrainSettings, apply_masks, build_objective, train
 from conftest import PRETRAIN, REPO, prune_context, small_model
 
@@ -32,7 +32,7 @@ def test_target_sparsity_in_every_layer(digits_dir, arch, sparsity):
     apply_masks(model, result.masks)
     rows = layer_sparsity(model)
     assert abs(sum(r["sparsity"] * r["n_params"] for r in rows) / sum(r["n_params"] for r in rows) - sparsity) < 0.005
-    assert [r["epoch"] for r in result.info["curves"]["scores"]] == [1] and result.info["objective"] == "pgd_at"
+    assert [r["epoch"] for r in result.info["curves"]["scores"]] == [1] and result.info["objective"] == "trades"  # the official adv trainer
 
 
 def test_scaled_scores_start_from_layerwise_lwm(digits_dir):
@@ -85,6 +85,21 @@ def test_training_moves_the_mask_and_leaves_the_model_plain(digits_dir):
     assert not torch.equal(before["1.weight"], after["1.weight"])
     assert set(after) == set(before) and not any(hasattr(m, "parametrizations") for m in model.modules())
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_convergence_is_the_official_phase_s_steps_and_the_curve_tracks_the_mask(digits_dir):
+    model = small_model()
+    lwm = _lwm(model, 0.9)
+    result = build_method("hydra", epochs=1, batch_size=64, objective="natural", schedule="constant").prune(model, 0.9, prune_context(digits_dir))
+    kept = sum(int(m.sum()) for m in result.masks.values())
+    replaced = sum(int((result.masks[n] & ~lwm[n]).sum()) for n in lwm) / kept  # one epoch: replaced since the initial mask
+    assert replaced > 0 and result.info["curves"]["scores"][-1]["mask_replaced"] == pytest.approx(replaced)
+    report = result.info["convergence"]
+    assert report["checks"] == {"official_steps": {"value": 4, "target": 7820, "ok": False}} and not report["converged"]  # 256 images, batches of 64
+    assert report["summary"] == ("4 of the official phase's 7820 optimizer steps (1 epochs); "
+                                 f"the last epoch replaced {100 * replaced:.1f} % of the kept weights")
+    rows = [{"steps": 391, "mask_replaced": 0.03}] * 20
+    assert convergence(rows)["converged"] and not convergence(rows[:19])["converged"] and not convergence([])["converged"]
 
 
 def test_freeze_bn_keeps_batchnorm_affine_parameters(digits_dir):
@@ -142,7 +157,7 @@ def test_a_rerun_resumes_the_score_phase(digits_dir, tmp_path):
 
 def test_options_are_validated_and_the_schema_defaults_are_the_constructors():
     for bad in ({"score_init": "snip"}, {"objective": "adv"}, {"epochs": -1}, {"lr": 0}, {"schedule": "step"}, {"freeze_bn": "no"},
-                {"trades_beta": -1}):
+                {"trades_beta": -1}, {"batchnorm": "frozen"}, {"epoch_steps": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             build_method("hydra", **bad)
     schema = yaml.safe_load((REPO / "workflow/schemas/methods/hydra.schema.yaml").read_text())["properties"]

@@ -1,11 +1,14 @@
 import copy
+import inspect
 
 import pytest
 import torch
+import yaml
 
 from advprune.pruning import PruneContext, build_method, layer_sparsity, masks_from_scores, prunable_weights
+from advprune.pruning.lwm import LWM
 from advprune.training import apply_masks
-from conftest import prune_context, small_model
+from conftest import REPO, prune_context, small_model
 
 
 class RecordingContext(PruneContext):
@@ -29,13 +32,17 @@ def _context(digits_dir, **kwargs):
 def test_three_rounds_reach_the_target_and_pruned_weights_never_come_back(digits_dir):
     model, target = small_model(), 0.9
     context = RecordingContext(**_context(digits_dir).__dict__)
-    method = build_method("lwm", iterations=3, finetune_epochs=1, batch_size=64, objective="natural")
+    method = build_method("lwm", iterations=3, finetune_epochs=2, batch_size=64, objective="natural")
     result = method.prune(model, target, context)
 
     assert result.info["schedule"] == pytest.approx([1 - 0.1 ** (1 / 3), 1 - 0.1 ** (2 / 3), 0.9])
     assert [r["phase"] for r in context.rounds] == ["round1", "round2"] == list(result.info["curves"])
     assert all(r["objective"] == "natural" for r in context.rounds)  # the fine-tuning objective, not the pretraining one
-    assert all(len(rows) == 1 and 0 <= rows[0]["val_clean_acc"] <= 1 for rows in result.info["curves"].values())
+    assert all(len(rows) == 2 and 0 <= rows[-1]["val_clean_acc"] <= 1 for rows in result.info["curves"].values())
+    report = result.info["convergence"]
+    assert report["converged"] and set(report["checks"]) == {"step1_sparsity", "step2_sparsity", "step3_sparsity", "rounds_completed"}
+    assert [report["checks"][f"step{k}_sparsity"]["target"] for k in (1, 2, 3)] == result.info["schedule"]
+    assert report["checks"]["rounds_completed"] == {"value": 2, "target": 2, "ok": True}
     steps = [r["masks"] for r in context.rounds] + [result.masks]
     for name in result.masks:
         for before, after in zip(steps, steps[1:]):
@@ -78,15 +85,34 @@ def test_one_shot_does_not_train_and_is_unchanged():
     before = copy.deepcopy(model.state_dict())
     result = build_method("lwm").prune(model, 0.9, PruneContext())  # no data: any training would fail
     expected = masks_from_scores({n: w.detach().abs() for n, w in prunable_weights(model).items()}, 0.9, "layer")
-    assert result.info == {"scope": "layer"}
+    assert result.info["scope"] == "layer" and result.info["convergence"]["converged"]
+    assert result.info["convergence"]["checks"] == {"step1_sparsity": {"value": pytest.approx(0.9, abs=0.005), "target": 0.9, "ok": True}}
     assert all(torch.equal(result.masks[k], expected[k]) for k in expected)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_step_that_misses_its_sparsity_or_a_short_round_is_not_converged():
+    method = build_method("lwm", iterations=2, finetune_epochs=2)
+    masks = masks_from_scores({n: w.detach().abs() for n, w in prunable_weights(small_model()).items()}, 0.5)
+    hit, missed = method._sparsity_check(masks, 0.5), method._sparsity_check(masks, 0.6)
+    assert hit["ok"] and not missed["ok"] and missed["value"] == pytest.approx(0.5, abs=0.01)
+    assert not method._convergence([hit, missed], {"round1": [{}, {}]})["converged"]
+    short = method._convergence([hit, hit], {"round1": [{}]})  # a round that ran 1 of its 2 epochs
+    assert not short["converged"] and short["checks"]["rounds_completed"] == {"value": 0, "target": 1, "ok": False}
+    assert "0 of 1 fine-tuning rounds" in short["summary"]
 
 
 @pytest.mark.parametrize("options, match", [
     ({"iterations": 0}, "iterations"), ({"schedule": "cubic"}, "schedule"), ({"finetune_epochs": 0}, "finetune_epochs"),
     ({"objective": "hinge"}, "objective"), ({"lr": 0}, "lr"), ({"lr_schedule": "step"}, "lr_schedule"),
+    ({"batchnorm": "frozen"}, "batchnorm"),
 ])
 def test_bad_options_are_rejected(options, match):
     with pytest.raises(ValueError, match=match):
         build_method("lwm", **options)
+
+
+def test_the_schema_defaults_are_the_constructors():
+    schema = yaml.safe_load((REPO / "workflow/schemas/methods/lwm.schema.yaml").read_text())["properties"]
+    defaults = {k: p.default for k, p in inspect.signature(LWM.__init__).parameters.items() if k != "self"}
+    assert {k: v["default"] for k, v in schema.items() if k != "method"} == defaults

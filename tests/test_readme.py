@@ -59,6 +59,7 @@ COVERED = {
     ".venv/bin/python benchmarks/verification.py": "a benchmark (minutes)",
     ".venv/bin/advprune rehearse config/paper/ap_benchmark.yaml": "tests/test_rehearsal.py (every paper config)",
     ".venv/bin/python benchmarks/dag.py": "a benchmark (plans tens of thousands of jobs)",
+    ".venv/bin/python benchmarks/parity.py": "a benchmark (tens of minutes); tests/test_parity.py runs its --quick form",
     ".venv/bin/python benchmarks/gpu_check.py": "needs a GPU; its --quick CPU form is a benchmark run too (minutes)",
 }
 

@@ -1,3 +1,4 @@
+import math
 import signal
 import subprocess
 import time
@@ -9,10 +10,13 @@ import yaml
 
 from advprune.attacks import PGD
 from advprune.checkpoint import load_torch
+from advprune.config import ConfigError, finetune_params, validate
 from advprune.data import load_split
 from advprune.models import build_model
 from advprune.pruning import PruneContext, build_method
-from advprune.training import TrainSettings, apply_masks, build_objective, train
+from advprune.training import FastPath, TrainSettings, apply_masks, build_objective, curve_budget, from_params, train, training_step
+from advprune.training.losses import Natural
+from advprune.training.trainer import accuracy
 
 from conftest import PYTHON, REPO, env_with_repo
 
@@ -142,3 +146,99 @@ def test_a_job_runs_deterministic_kernels_without_loading_the_compiler_stack():
              "torch.get_num_threads(), 'torch._inductor' in sys.modules, 'torch._dynamo' in sys.modules)")
     run = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True, cwd=REPO, env=env_with_repo(), check=True)
     assert run.stdout.split() == ["True", "True", "1", "False", "False"], run.stdout + run.stderr
+
+
+def test_hydra_cosine_is_the_official_shifted_schedule_set_once_per_epoch(digits_dir, tmp_path):
+    split = load_split(digits_dir, "train", n=64)
+    curves = {}
+    for schedule in ("hydra_cosine", "cosine"):
+        settings = TrainSettings(epochs=5, batch_size=32, lr=0.1, schedule=schedule)
+        curves[schedule] = [row["lr"] for row in train(build_model("small_cnn", 10, 1, (8, 8), width=4), build_objective("natural", 0.1, ATTACK),
+                                                        split, split, settings, 0, tmp_path / f"{schedule}.pt")]
+    # inspire-group/hydra utils/schedules.py cosine_schedule, called as lr_policy(epoch) with epoch = 0, 1, ...
+    assert curves["hydra_cosine"] == pytest.approx([0.1 * 0.5 * (1 + math.cos((e - 1) / 5 * math.pi)) for e in range(5)])
+    assert curves["cosine"] == pytest.approx([0.1 * 0.5 * (1 + math.cos(e / 5 * math.pi)) for e in range(5)])  # CosineAnnealingLR per epoch
+    assert sum(curves["hydra_cosine"]) / sum(curves["cosine"]) == pytest.approx(1.27, abs=0.005)  # the issue's "27 % more"
+    assert curves["hydra_cosine"][-1] / curves["cosine"][-1] == pytest.approx(3.62, abs=0.01)  # "ends 3.6x higher"
+
+
+@pytest.mark.parametrize("name, loss_mode, hydra_mode", [("trades", 2, 4), ("pgd_at", 1, 2), ("mart", 2, 3), ("natural", 1, 1)])
+def test_hydra_batchnorm_updates_the_statistics_with_the_official_trainers_forwards(digits_dir, name, loss_mode, hydra_mode):
+    # Train-mode forwards per step, counted by BatchNorm itself: TRADES in the official adv trainer forwards the clean
+    # batch three times (output = model(images), its CE logits, its KL target) and the adversarial one once.
+    split = load_split(digits_dir, "train", n=32)
+    x, y = split.float_x(), split.y
+    for mode, forwards in (("loss", loss_mode), ("hydra", hydra_mode)):
+        model = build_model("small_cnn", 10, 1, (8, 8), width=4)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        objective = build_objective(name, 0.1, ATTACK)
+        loss, _ = training_step(model, objective, optimizer, x, y, FastPath.resolve(torch.device("cpu")), batchnorm=mode)
+        assert int(model[1].num_batches_tracked) == forwards, (name, mode)
+        assert torch.isfinite(loss)
+
+
+def test_budget_columns_count_optimizer_and_attack_steps_not_the_extra_clean_passes(digits_dir, tmp_path):
+    split = load_split(digits_dir, "train", n=96)
+    settings = TrainSettings(epochs=2, batch_size=32, lr=0.1, batchnorm="hydra", epoch_steps=5)
+    model = build_model("small_cnn", 10, 1, (8, 8), width=4)
+    curve = train(model, build_objective("trades", 0.1, ATTACK), split, split, settings, 0, tmp_path / "s.pt")
+    assert [(row["steps"], row["attack_calls"]) for row in curve] == [(5, 5 * ATTACK["steps"])] * 2  # 5 steps: one pass of 3 and 2 more
+    assert curve_budget(curve)["optimizer_steps"] == 10 and all(row["train_seconds"] > 0 for row in curve)
+
+
+class _KilledInEpoch2(Natural):
+    """Natural training that dies at the start of the second epoch, as a job killed there would."""
+
+    def epoch_start(self, epoch, n_batches):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_epoch_steps_draw_consecutive_passes_and_resume_to_the_same_weights(digits_dir, tmp_path):
+    split = load_split(digits_dir, "train", n=64)
+    settings = TrainSettings(epochs=2, batch_size=32, lr=0.1, epoch_steps=5, schedule="hydra_cosine", batchnorm="hydra", keep="best_val_clean")
+    models = {}
+    for run in ("straight", "killed"):
+        torch.manual_seed(0)
+        models[run] = build_model("small_cnn", 10, 1, (8, 8), width=4)
+        if run == "killed":
+            with pytest.raises(KeyboardInterrupt):
+                train(models[run], _KilledInEpoch2(), split, split, settings, 0, tmp_path / f"{run}.pt")
+            first_epoch = load_torch(tmp_path / f"{run}.pt")["curve"][0]
+            torch.manual_seed(0)
+            models[run] = build_model("small_cnn", 10, 1, (8, 8), width=4)
+        curve = train(models[run], Natural(), split, split, settings, 0, tmp_path / f"{run}.pt")
+        assert [row["steps"] for row in curve] == [5, 5]
+    # resumed: the killed run's first epoch, its timings included
+    assert (curve[0]["train_seconds"], curve[0]["seconds"]) == (first_epoch["train_seconds"], first_epoch["seconds"])
+    assert all(torch.equal(a, b) for a, b in zip(models["straight"].state_dict().values(), models["killed"].state_dict().values()))
+
+
+def test_keep_best_ends_with_the_best_validation_epoch(digits_dir, tmp_path):
+    train_split, val = load_split(digits_dir, "train", n=128), load_split(digits_dir, "val", n=64)
+    model = build_model("small_cnn", 10, 1, (8, 8), width=4)
+    settings = TrainSettings(epochs=4, batch_size=32, lr=0.5, schedule="constant", keep="best_val_clean")
+    curve = train(model, build_objective("natural", 0.1, ATTACK), train_split, val, settings, 0, tmp_path / "s.pt")
+    best = max(row["val_clean_acc"] for row in curve)
+    assert accuracy(model, val) == pytest.approx(best)
+    with pytest.raises(ValueError, match="needs a validation attack"):
+        settings = TrainSettings(epochs=1, batch_size=32, lr=0.1, keep="best_val_robust")
+        train(model, build_objective("natural", 0.1, ATTACK), train_split, val, settings, 0, tmp_path / "t.pt")
+
+
+def test_loop_options_are_validated_and_reach_the_training_settings():
+    config = validate(yaml.safe_load((REPO / "config/config.yaml").read_text()))
+    assert {k: config["finetune"][k] for k in ("batchnorm", "keep", "epoch_steps")} == {"batchnorm": "loss", "keep": "last", "epoch_steps": None}
+    config["finetune"].update(schedule="hydra_cosine", batchnorm="hydra", keep="best_val_robust", epoch_steps=20)
+    config["prune"]["methods"]["lwm"]["finetune"] = {"keep": "last"}
+    _, settings, _ = from_params(finetune_params(config, "lwm", dataset="digits")["train"], 0.1)
+    assert (settings.schedule, settings.batchnorm, settings.keep, settings.epoch_steps) == ("hydra_cosine", "hydra", "last", 20)
+    _, settings, _ = from_params(finetune_params(config, "hydra", dataset="digits")["train"], 0.1)
+    assert settings.keep == "best_val_robust"
+    for key, bad in (("batchnorm", "frozen"), ("keep", "best"), ("epoch_steps", 0), ("schedule", "step")):
+        broken = yaml.safe_load((REPO / "config/config.yaml").read_text())
+        broken["finetune"][key] = bad
+        with pytest.raises(ConfigError, match=f"'finetune.{key}'"):
+            validate(broken)
+    with pytest.raises(ValueError, match="batchnorm"):
+        TrainSettings(epochs=1, batch_size=1, lr=0.1, batchnorm="frozen")

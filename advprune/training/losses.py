@@ -6,6 +6,11 @@ adversarial examples are generated against the model in eval mode (BatchNorm sta
 attack iterations, as torchattacks and HYDRA's TRADES do), through a view with BatchNorm folded into the
 convolutions (advprune/attacks/fused.py). `logits` are those the loss was computed on (adversarial for
 PGD-AT and MART, natural for TRADES and natural training) and feed the training accuracy.
+
+`hydra_clean_passes` = (before, after): the clean train-mode forwards the official HYDRA/HARP trainer makes
+besides the loss's own, which the loop adds with `batchnorm: hydra` (advprune.training.trainer): one before
+every adversarial objective (trainer/adv.py's `output = model(images)`), and for TRADES one after, its KL target
+`softmax(model(x_natural))` being a forward of its own (utils/adv.py trades_loss).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class Objective:
     name = "base"
     adversarial = True
     attack_steps = 0  # gradient steps of the training attack per batch: the budget a record reports as attack calls
+    hydra_clean_passes = (0, 0)  # extra clean forwards (before, after) of the official trainer (module docstring)
     _folded: AttackView | None = None
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +73,7 @@ class PGDAT(Objective):
     """min_theta E[ max_{||d||<=eps} CE(f(x+d), y) ], inner max by PGD with a random start."""
 
     name = "pgd_at"
+    hydra_clean_passes = (1, 0)
 
     def __init__(self, attack: PGD):
         self.attack, self.attack_steps = attack, attack.steps
@@ -81,6 +88,7 @@ class TRADES(Objective):
     """CE(f(x), y) + beta * KL(f(x) || f(x')) / B, x' maximising the KL from x + 0.001 N(0, I) (HYDRA/TRADES code)."""
 
     name = "trades"
+    hydra_clean_passes = (1, 1)
 
     def __init__(self, attack: PGD, beta: float = 6.0):
         self.attack, self.beta, self.attack_steps = attack, float(beta), attack.steps
@@ -103,6 +111,7 @@ class MART(Objective):
     """BCE(f(x'), y) + beta * KL(f(x) || f(x')) * (1 - f(x)_y), x' by PGD on CE (Wang et al. 2020)."""
 
     name = "mart"
+    hydra_clean_passes = (1, 0)
 
     def __init__(self, attack: PGD, beta: float = 5.0):
         self.attack, self.beta, self.attack_steps = attack, float(beta), attack.steps
