@@ -181,14 +181,20 @@ def both_parts(setup, original, ours):
 def test_parts_equal_the_original(setup, name, norm, max_batch):
     """Each part returns exactly the original's points. The weak model breaks points at several target classes,
     so FAB-T's side-by-side targets must resolve to the first that broke each point; small max_batch splits the
-    model calls."""
+    model calls. Split calls give the same points up to rounding only: CPU convolutions round differently for
+    another batch size (measured: 4 of 40 points differ by 3.7e-6 after 100 iterations with chunks of 7)."""
     model, _, _ = setup
     eps = EPS if norm == "Linf" else 0.5
     x, y, expected, got = both_parts(setup, original_part(name, model, norm, eps), our_part(name, model, norm, eps, max_batch=max_batch))
     with torch.no_grad():
         broken = model(got).argmax(1) != y
+        broken_by_original = model(expected).argmax(1) != y
     assert 0 < broken.sum() < len(y), "nothing or everything broken: the comparison would be vacuous"
-    assert torch.equal(got, expected)
+    if max_batch is not None and max_batch < len(y):
+        assert torch.equal(broken, broken_by_original)
+        assert (got - expected).abs().max() <= 1e-5
+    else:
+        assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("name", ["apgd-ce", "apgd-t", "fab-t", "square"])
