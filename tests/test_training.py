@@ -16,7 +16,7 @@ from advprune.models import build_model
 from advprune.pruning import PruneContext, build_method
 from advprune.training import FastPath, TrainSettings, apply_masks, build_objective, curve_budget, from_params, train, training_step
 from advprune.training.losses import Natural
-from advprune.training.trainer import accuracy
+from advprune.training.trainer import TrainingDiverged, accuracy
 
 from conftest import PYTHON, REPO, env_with_repo
 
@@ -224,6 +224,16 @@ def test_keep_best_ends_with_the_best_validation_epoch(digits_dir, tmp_path):
     with pytest.raises(ValueError, match="needs a validation attack"):
         settings = TrainSettings(epochs=1, batch_size=32, lr=0.1, keep="best_val_robust")
         train(model, build_objective("natural", 0.1, ATTACK), train_split, val, settings, 0, tmp_path / "t.pt")
+
+
+def test_a_diverged_run_stops_with_a_named_error_and_leaves_no_resume_state(digits_dir, tmp_path):
+    """Non-finite weights would otherwise become a checkpoint and a record of chance accuracy."""
+    split = load_split(digits_dir, "train", n=128)
+    model = build_model("small_cnn", 10, 1, (8, 8), width=4)
+    settings = TrainSettings(epochs=3, batch_size=32, lr=1e30, momentum=0.0, weight_decay=0.0, schedule="constant")
+    with pytest.raises(TrainingDiverged, match=r"diverge: training diverged in epoch 1: .*not finite"):
+        train(model, build_objective("natural", 0.1, ATTACK), split, split, settings, 0, tmp_path / "s.pt", desc="diverge")
+    assert not (tmp_path / "s.pt").exists()
 
 
 def test_loop_options_are_validated_and_reach_the_training_settings():

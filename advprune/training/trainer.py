@@ -122,6 +122,18 @@ def curve_budget(curve: list[dict]) -> dict:
     return out
 
 
+class TrainingDiverged(RuntimeError):
+    """Training produced non-finite weights or loss: the job stops, no model is saved (nothing NaN reaches a record)."""
+
+
+def _refuse_divergence(model: nn.Module, loss: float, desc: str, epoch: int) -> None:
+    broken = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if broken or not math.isfinite(loss):
+        where = f"{len(broken)} parameters ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}) are not finite" if broken else f"loss {loss}"
+        raise TrainingDiverged(f"{desc}: training diverged in epoch {epoch + 1}: {where}; lower the learning rate, or ramp eps over more epochs "
+                               "for a certified objective")
+
+
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor] | None) -> None:
     """Zero the pruned weights in place (masks: parameter name -> bool or 0/1 float tensor, True/1 = kept)."""
     if not masks:
@@ -286,6 +298,7 @@ def train(
         # the epoch's budget: optimizer steps, training-attack gradient steps, and the seconds of the updates alone
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(total_loss) / seen, "train_acc": int(total_correct) / seen, "steps": n_batches,
                "attack_calls": n_batches * getattr(objective, "attack_steps", 0), "train_seconds": time.time() - started}
+        _refuse_divergence(model, row["train_loss"], desc, epoch)
         row.update(objective.epoch_end(model, epoch))
         row["val_clean_acc"] = accuracy(model, val_split)
         row["val_robust_acc"] = robust_accuracy(model, val_split, val_attack) if val_attack else float("nan")
