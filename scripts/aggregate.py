@@ -33,7 +33,8 @@ SUMMARY_COLUMNS = ["dataset", "arch", "seed", "method", "impl", "sparsity_target
 # What made each model (record fields `taxonomy`, `convergence`, `budget`): a comparison's arms must agree on the
 # fine-tuning columns, and a verdict built on a model whose method did not run its course says so.
 TAXONOMY_COLUMNS = ["structure", "locality", "allocation", "ranking", "schedule"]
-FINETUNE_SETTINGS = ["objective", "epochs", "lr", "schedule", "batch_size", "weight_decay", "momentum", "attack", "trades_beta", "mart_beta"]
+FINETUNE_SETTINGS = ["objective", "epochs", "epoch_steps", "lr", "schedule", "batch_size", "weight_decay", "momentum", "attack", "trades_beta",
+                     "mart_beta", "batchnorm", "keep", "eps_ramp_epochs"]
 MODEL_COLUMNS = [*TAXONOMY_COLUMNS, "converged", "convergence", *(f"ft_{k}" for k in FINETUNE_SETTINGS), "ft_steps", "ft_attack_calls",
                  "ft_train_seconds", "prune_objective", "prune_epochs", "prune_steps", "prune_attack_calls", "prune_train_seconds"]
 STUDY_COLUMNS = {"study_finetune": ["finetune_mode"], "study_objectives": ["pretrain_objective", "finetune_objective"]}

@@ -512,6 +512,7 @@ class HarpObjective(Objective):
         self.base, self.units, self.params, self.target, self.gamma0 = base, units, params, target, gamma0
         self.val, self.val_attack, self.passes = val, val_attack, passes
         self.name, self.adversarial, self.attack_steps = base.name, base.adversarial, base.attack_steps
+        self.hydra_clean_passes = base.hydra_clean_passes  # HARP's official trainer is HYDRA's: the same clean passes
         self.epochs_done, self.frozen_gamma = 0, None
 
     @property
