@@ -1,6 +1,6 @@
 """Wall time of the default pipeline (config/config.yaml) from scratch, in a fresh directory.
 
-Prints the total against the target (10 minutes on 2 cores) and where the time went per rule, from the
+Prints the total against the target (30 minutes on 2 cores) and where the time went per rule, from the
 rules' own benchmark files, so a regression shows which stage caused it.
 """
 
@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TARGET_S = 600
+TARGET_S = 1800  # issue 17: the default (2 seeds, every claim's arms) within 30 minutes on 2 cores
 
 
 def main():

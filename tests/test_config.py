@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import yaml
 
-from advprune.config import ConfigError, fmt_sparsity, load_config, method_option_schemas, type_overrides, validate
+from advprune.config import ConfigError, fmt_sparsity, load_config, method_option_schemas, method_sparsities, type_overrides, validate
 from advprune.data import DATASETS
 from advprune.models import list_models
 from advprune.pruning import list_methods
@@ -180,8 +180,22 @@ def test_snakemake_accepts_typed_overrides_unusual_sparsities_and_data_paths(tmp
 
 
 def test_shipped_configs_are_valid():
-    for path in [REPO / "config/config.yaml", REPO / ".test/config.yaml", *sorted((REPO / "config/paper").glob("*.yaml"))]:
+    for path in [REPO / "config/config.yaml", REPO / "config/full.yaml", REPO / ".test/config.yaml", *sorted((REPO / "config/paper").glob("*.yaml"))]:
         load_config(path)
+
+
+def test_the_full_grid_holds_every_arm_of_the_default():
+    """config/full.yaml brings back what the default leaves out: the default's methods with the same settings,
+    at every sparsity, its study arms and more, and the same settings elsewhere."""
+    full = load_config(REPO / "config/full.yaml")
+    default = load_config(REPO / "config/config.yaml")
+    for key, options in default["prune"]["methods"].items():
+        assert {k: v for k, v in full["prune"]["methods"][key].items() if k != "sparsities"} == {k: v for k, v in options.items() if k != "sparsities"}, key
+        assert set(method_sparsities(default, key)) <= set(method_sparsities(full, key)), key
+    assert set(default["studies"]["finetune"]["methods"]) <= set(full["studies"]["finetune"]["methods"])
+    assert {tuple(p) for p in default["studies"]["objectives"]["pairs"]} <= {tuple(p) for p in full["studies"]["objectives"]["pairs"]}
+    for section in ("seeds", "models", "threat_model", "pretrain", "sensitivity", "finetune", "evaluate"):
+        assert full[section] == default[section], section
 
 
 def test_schema_enums_match_the_registries():
