@@ -42,8 +42,8 @@ BAD = [
     ("device ending in a newline", lambda c: c.update(device="cpu\n"), "'device': 'cpu\\n' does not match"),
     ("sparsity too long for a path", lambda c: c["prune"].update(sparsities=[0.123456789012]), "'prune.sparsities[0]': 0.123456789012 has more than 10 decimals"),
     # A hostile user's probes (issue 11), kept here so that they stay refused.
-    ("method option of the wrong type", lambda c: c["prune"]["methods"]["lwm_iter"].update(iterations="three"),
-     "'prune.methods.lwm_iter.iterations': 'three' is not of type 'integer'"),
+    ("method option of the wrong type", lambda c: c["prune"]["methods"]["lwm"].update(iterations="three"),
+     "'prune.methods.lwm.iterations': 'three' is not of type 'integer'"),
     ("unknown key in a method entry", lambda c: c["prune"]["methods"]["lwm"].update(scopez="layer"), "'prune.methods.lwm.scopez': unknown key"),
     ("study names a method not in prune.methods", lambda c: c["studies"]["finetune"].update(methods=["lwm", "snip"]),
      "'studies.finetune.methods[1]': 'snip' is not a key of prune.methods"),
