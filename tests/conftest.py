@@ -34,7 +34,7 @@ def digits_dir(tmp_path_factory):
 
 
 # Pretraining settings of the method tests' contexts: a cheap PGD-AT whose attack the methods reuse.
-PRETRAIN = {"objective": "pgd_at", "attack": {"steps": 2, "step_size": 0.05, "random_start": True}, "trades_beta": 6.0, "mart_beta": 5.0}
+PRETRAIN = {"objective": "pgd_at", "batch_size": 128, "attack": {"steps": 2, "step_size": 0.05, "random_start": True}, "trades_beta": 6.0, "mart_beta": 5.0}
 
 
 def small_model(arch="small_cnn"):

@@ -60,9 +60,10 @@ def _config(digits_dir, root):
     config["pretrain"]["robustbench"] = {"model": "Test2024Tiny", "threat_model": "Linf", "root": str(root)}
     config["prune"]["methods"] = {
         "lwm": {}, "lwm_iter": {"method": "lwm", "iterations": 2, "finetune_epochs": 1}, "random": {},
-        "hydra": {"epochs": 1}, "harp": {"epochs": 1, "gamma0": 0.1, "epoch_steps": None},
+        "hydra": {"epochs": 1, "schedule": "cosine"}, "harp": {"epochs": 1, "gamma0": 0.1, "epoch_steps": None},
         "harp_channel": {"method": "harp", "granularity": "channel", "epochs": 1, "gamma0": 0.1, "epoch_steps": None},
         "pwoa": {"admm_epochs": 1, "retrain_epochs": 1, "epoch_steps": None, "finetune": "none"}, "mrpf": {}, "l1_filter": {},
+        "taylor_filter": {"method": "l1_filter", "criterion": "taylor"},  # the default's criteria study names it
     }
     return validate(config)
 
