@@ -211,7 +211,11 @@ def test_pwoa_time_is_measured_against_pgd_at_finetuning_of_an_unstructured_mode
     lwm = change.get("lwm", {})
     run = Run().add("pwoa", 0.5, 200).add("lwm", 0.5, 200, structured=lwm.get("structured", False), model={k: v for k, v in lwm.items() if k != "structured"})
     run.seconds([1.0, 1.1, 0.9], [3.0, 3.1, 2.9], steps=change.get("steps", (10, 10)))
-    assert _verdicts(run.findings(tmp_path), findings.PWOA, "time") == [expected]
+    table = run.findings(tmp_path)
+    assert _verdicts(table, findings.PWOA, "time") == [expected]
+    if expected == REPRODUCED:  # the row names what each arm spent, like every compared row
+        budget = table[(table["paper"] == findings.PWOA) & table["claim"].str.contains("time")].iloc[0]["budget"]
+        assert budget.startswith("every arm: fine-tuning pgd_at 5 epochs"), budget  # the test's two records spent the same
 
 
 def _objectives(matched_aa: int, natural_aa: int | None, verified: int | None = None) -> Run:

@@ -432,8 +432,10 @@ def pwoa_time_claim(scope, summary: pd.DataFrame, key: str | None, targets: list
         verdict = REPRODUCED if m[2] < f[1] else NOT_REPRODUCED if m[1] > f[2] else INCONCLUSIVE
     numbers = (f"at {_pct(target)}%: s/epoch {key} {m[0]:.3g} [{m[1]:.3g}, {m[2]:.3g}] over {len(mine)} epochs, PGD-AT fine-tuning of "
                f"{', '.join(sorted(set(tuned['method'])))} {f[0]:.3g} [{f[1]:.3g}, {f[2]:.3g}] over {len(tuned)} epochs (ratio {m[0] / f[0]:.2f})")
+    models = at(summary)
+    arms = {name: models[models["method"] == name] for name in (key, *sorted(set(tuned["method"])))}
     return _row(PWOA, PWOA_TIME_CLAIM, scope, verdict, numbers, PWOA_TIME_RULE, "s/epoch pwoa / PGD-AT fine-tuning",
-                Estimate(m[0] / f[0], math.nan, math.nan, False), seeds=len(_common_seeds(mine, tuned)))
+                Estimate(m[0] / f[0], math.nan, math.nan, False), seeds=len(_common_seeds(mine, tuned)), arms=arms)
 
 
 # --- Sehwag et al. 2019 ---------------------------------------------------------------------------------------
