@@ -221,7 +221,7 @@ def test_prune_finetune_and_evaluate_scripts_handle_a_structured_model(digits_di
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["device"] = "cpu"
     config["prune"]["methods"] = {"l1_filter": {}}
-    config["finetune"].update(epochs=1, batch_size=256)
+    config["finetune"].update(epochs=1, batch_size=256, schedule="cosine")  # hydra_cosine's only epoch is at lr 0
     config["evaluate"].update(n_examples=8, batch_size=8, pgd={"steps": 2, "restarts": 1, "step_size": 0.05},
                               latency={"batch_size": 16, "warmup": 1, "repeats": 3},
                               hofmn={"steps": 2, "trials": 2, "tune_steps": 2, "tune_batch": 8, "seed": 0})

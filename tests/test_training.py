@@ -162,6 +162,16 @@ def test_hydra_cosine_is_the_official_shifted_schedule_set_once_per_epoch(digits
     assert curves["hydra_cosine"][-1] / curves["cosine"][-1] == pytest.approx(3.62, abs=0.01)  # "ends 3.6x higher"
 
 
+def test_one_epoch_of_hydra_cosine_learns_nothing_and_says_so(digits_dir, tmp_path, caplog):
+    split = load_split(digits_dir, "train", n=64)
+    model = build_model("small_cnn", 10, 1, (8, 8), width=4)
+    before = [p.detach().clone() for p in model.parameters()]
+    train(model, build_objective("natural", 0.1, ATTACK), split, split, TrainSettings(epochs=1, batch_size=32, lr=0.1, schedule="hydra_cosine",
+                                                                                    weight_decay=0.0), 0, tmp_path / "s.pt", desc="finetune")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert "finetune: hydra_cosine over 1 epoch runs it at lr 0" in caplog.text
+
+
 @pytest.mark.parametrize("name, loss_mode, hydra_mode", [("trades", 2, 4), ("pgd_at", 1, 2), ("mart", 2, 3), ("natural", 1, 1)])
 def test_hydra_batchnorm_updates_the_statistics_with_the_official_trainers_forwards(digits_dir, name, loss_mode, hydra_mode):
     # Train-mode forwards per step, counted by BatchNorm itself: TRADES in the official adv trainer forwards the clean
@@ -237,8 +247,12 @@ def test_a_diverged_run_stops_with_a_named_error_and_leaves_no_resume_state(digi
 
 
 def test_loop_options_are_validated_and_reach_the_training_settings():
-    config = validate(yaml.safe_load((REPO / "config/config.yaml").read_text()))
-    assert {k: config["finetune"][k] for k in ("batchnorm", "keep", "epoch_steps")} == {"batchnorm": "loss", "keep": "last", "epoch_steps": None}
+    raw = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    for key in ("schedule", "batchnorm", "keep", "epoch_steps"):  # the default config sets the official loop; the schema's defaults are ours
+        raw["finetune"].pop(key, None)
+    config = validate(raw)
+    assert {k: config["finetune"][k] for k in ("schedule", "batchnorm", "keep", "epoch_steps")} == {"schedule": "cosine", "batchnorm": "loss", "keep": "last",
+                                                                                                 "epoch_steps": None}
     config["finetune"].update(schedule="hydra_cosine", batchnorm="hydra", keep="best_val_robust", epoch_steps=20)
     config["prune"]["methods"]["lwm"]["finetune"] = {"keep": "last"}
     _, settings, _ = from_params(finetune_params(config, "lwm", dataset="digits")["train"], 0.1)

@@ -238,6 +238,9 @@ def train(
     validation always runs in fp32.
     """
     fast = FastPath.resolve(next(model.parameters()).device, **(fast_path or {}))
+    if settings.schedule == "hydra_cosine" and settings.epochs == 1:
+        log.warning("%s: hydra_cosine over 1 epoch runs it at lr 0 (the official schedule is shifted by one epoch): nothing is learned; "
+                    "use more epochs or schedule: cosine", desc)
     fast.prepare(model)
     params = param_groups or [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
