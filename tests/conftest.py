@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import re
 import shutil
@@ -47,6 +48,14 @@ def prune_context(digits_dir, n_train=256, **kwargs):
     """A PruneContext on digits subsets (n_train training, 64 validation images), Linf eps 0.1, PRETRAIN."""
     return PruneContext(train=load_split(digits_dir, "train", n=n_train), val=load_split(digits_dir, "val", n=64),
                         threat_model={"norm": "Linf", "eps": 0.1}, objective=PRETRAIN, **kwargs)
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (its __main__ block does not run), to call its main() or cli() in-process."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def env_with_repo():

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 
 import pytest
@@ -16,7 +15,7 @@ from advprune.training import TrainSettings, build_objective, train
 from advprune.training.losses import CertifiedTraining
 from advprune.verification import verified_accuracy
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 ATTACK = {"steps": 5, "step_size": 0.03}
 EPS = 0.05
@@ -116,13 +115,6 @@ def test_crown_ibp_training_gives_clearly_higher_verified_accuracy_than_pgd_at(t
     assert verified["crown_ibp"] > verified["pgd_at"] + 0.2, verified
 
 
-def _evaluate_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_every_record_has_verified_le_autoattack_le_pgd_le_clean_point_by_point(trained, digits_dir, tmp_path):
     """On the CROWN-IBP model (PGD-AT's has no certified point): the record of scripts/evaluate.py."""
     config = validate(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
@@ -130,7 +122,7 @@ def test_every_record_has_verified_le_autoattack_le_pgd_le_clean_point_by_point(
     config["evaluate"].update(n_examples=24, latency=None, pgd={"steps": 5, "restarts": 1, "step_size": 0.03},
                               hofmn={"steps": 20, "trials": 2, "tune_steps": 10, "tune_batch": 16, "seed": 0})
     save_model(tmp_path / "m.pt", trained["crown_ibp"], "small_cnn", {"width": 8}, load_meta(digits_dir))
-    _evaluate_script().main(str(tmp_path / "m.pt"), digits_dir, "digits", "small_cnn", 0, "crown_ibp", 0, evaluate_params(config),
+    load_script("evaluate").main(str(tmp_path / "m.pt"), digits_dir, "digits", "small_cnn", 0, "crown_ibp", 0, evaluate_params(config),
                             str(tmp_path / "r.json"))
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["verification"]["status"] == "computed"

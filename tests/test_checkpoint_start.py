@@ -1,7 +1,6 @@
 """Starting from an existing robust checkpoint: ours, a plain state dict, or RobustBench's cache layout."""
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
@@ -20,17 +19,11 @@ from advprune.config import ConfigError, check_start_checkpoints, method_spec, p
 from advprune.models import build_model
 from advprune.rehearsal import robustbench_layout
 
-from conftest import REPO, prune_context
+from conftest import REPO, load_script, prune_context
 
 META = {"n_classes": 10, "channels": 1, "image_size": [8, 8]}
 ARCH, OPTIONS = "wrn_34_10", {"width": 1}  # the network PwoA prunes, one channel wide at its stem
 
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _source_model():
@@ -79,7 +72,7 @@ def test_a_robustbench_checkpoint_starts_the_pipeline_and_every_method_prunes_it
     dense = tmp_path / "dense.pt"
     params = pretrain_params(config, ARCH, dataset="digits")
     assert params["start"]["path"] == str(path) and "train" not in params
-    _script("pretrain").main(digits_dir, ARCH, 0, params, str(dense), str(tmp_path / "curve.csv"), str(tmp_path / "state.pt"))
+    load_script("pretrain").main(digits_dir, ARCH, 0, params, str(dense), str(tmp_path / "curve.csv"), str(tmp_path / "state.pt"))
     assert (tmp_path / "curve.csv").read_text() == "epoch\n"  # what downstream rules read, with no epochs
     model, ckpt = load_model(dense)
     assert ckpt["meta"]["start"]["robustbench"] == {"model": "Test2024Tiny", "dataset": "digits", "threat_model": "Linf"}

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from advprune.models import build_model
 from advprune.provenance import provenance
 from advprune.sensitivity import module_sensitivity
 
-from conftest import PYTHON, REPO, env_with_repo
+from conftest import PYTHON, REPO, env_with_repo, load_script
 
 
 def test_flops_count_conv_and_linear_macs_and_skip_zero_weights():
@@ -150,9 +149,7 @@ def test_a_killed_evaluation_continues_autoattack_to_the_record_of_an_uninterrup
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     validate(config)
 
-    spec = importlib.util.spec_from_file_location("evaluate", REPO / "scripts/evaluate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("evaluate")
     script.main(str(tmp_path / "m.pt"), digits_dir, "digits", "small_cnn", 0, "dense", 0, evaluate_params(config), str(tmp_path / "straight.json"))
 
     state = tmp_path / "resume" / "e.json.state.pt"

@@ -8,7 +8,6 @@ convs, AdaptiveAvgPool2d(2, 2), classifier 2048-256-256-10), with the width, inp
 parameters so that the digits-sized exports of the round trip load into them too (the benchmark's own take
 3x32x32 inputs only: its ResNet ends in avg_pool2d(4), its VGG has four 2x2 max pools)."""
 
-import importlib.util
 import json
 import os
 import pickle
@@ -29,7 +28,7 @@ from advprune.models import build_model
 from advprune.pruning import PruneContext, build_method, prunable_weights
 from advprune.training import apply_masks
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 
 class BaseBlock(nn.Module):
@@ -129,12 +128,6 @@ def test_exports_load_strictly_into_the_base_models_and_compute_the_same(tmp_pat
         assert zeros >= 0.45 * sum(w.numel() for k, w in base.state_dict().items() if k.endswith("weight") and w.dim() > 1), name
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def _trained_resnet(digits_dir, tmp_path):
     """A ResNet-18 (width 4) trained naturally for a few epochs on digits, saved as a dense checkpoint of ours."""
@@ -171,9 +164,9 @@ def test_an_export_evaluated_as_an_external_checkpoint_gives_the_same_record(dig
     for method in config["prune"]["methods"]:
         ids = {"dataset": "digits", "arch": "resnet18", "seed": 0, "method": method, "sparsity": "0.5"}
         pruned, record = tmp_path / f"{method}.pt", tmp_path / f"{method}.json"
-        _script("prune").main(str(dense), digits_dir, 0.5, 0, prune_params(config, method, dataset="digits"), str(pruned),
+        load_script("prune").main(str(dense), digits_dir, 0.5, 0, prune_params(config, method, dataset="digits"), str(pruned),
                               str(tmp_path / f"{method}.info"))
-        _script("evaluate").main(str(pruned), digits_dir, "digits", "resnet18", 0, method, 0.5, evaluate_params(config), str(record),
+        load_script("evaluate").main(str(pruned), digits_dir, "digits", "resnet18", 0, method, 0.5, evaluate_params(config), str(record),
                                  labels={"impl": method}, expect=expected_identity(config, "resnet18", method, 0.5))
         items.append({**ids, "record": str(record), "model": str(pruned)})
     rows = export_run(items, tmp_path / "export", export_params(config))
@@ -183,10 +176,10 @@ def test_an_export_evaluated_as_an_external_checkpoint_gives_the_same_record(dig
         BaseResNet18(4, 1).load_state_dict(load_torch(exported)["state_dict"], strict=True)  # the benchmark's names and shapes
         params = {"layout": "benchmark", "arch": "resnet18", "model": {"width": 4}, "sparsity": json.load(open(item["record"]))["sparsity_measured"],
                   "sparsity_tolerance": 1e-9, "harp_alpha": 0.1, "source": "advprune export", "include_first_last": True}
-        _script("import_external").main(str(exported), digits_dir, params, str(tmp_path / "imported.pt"), name="reimported")
+        load_script("import_external").main(str(exported), digits_dir, params, str(tmp_path / "imported.pt"), name="reimported")
         # evaluated as the external row `reimported` of a run: the identity check takes its options from the external section
         external = {**config, "external": {"reimported": {"model": {"width": 4}}}}
-        _script("evaluate").main(str(tmp_path / "imported.pt"), digits_dir, "digits", "resnet18", 0, "reimported", 0.5, evaluate_params(config),
+        load_script("evaluate").main(str(tmp_path / "imported.pt"), digits_dir, "digits", "resnet18", 0, "reimported", 0.5, evaluate_params(config),
                                  str(tmp_path / "again.json"), expect=expected_identity(external, "resnet18", "reimported", params["sparsity"]))
         original, again = json.load(open(item["record"])), json.load(open(tmp_path / "again.json"))
         for key in ("clean_acc", "pgd_acc", "autoattack_acc", "autoattack_breakdown", "per_point", "points_sha256", "sparsity_measured", "structured",

@@ -10,7 +10,7 @@ import torch
 from advprune.checkpoint import CheckpointError, load_model, save_model
 from advprune.models import build_model
 
-from conftest import PYTHON, REPO, SNAKEMAKE, env_with_repo
+from conftest import PYTHON, REPO, SNAKEMAKE, env_with_repo, load_script
 
 META = {"n_classes": 10, "channels": 1, "image_size": [8, 8]}
 
@@ -132,14 +132,6 @@ def test_results_written_by_the_jobs_read_back(tmp_path):
     assert read_json(tmp_path / "info.json", ("method", "info"))["method"] == {"method": "lwm"}
 
 
-def _script(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 # Each results file aggregate reads, damaged in turn: (argument of main, path under the results directory).
 AGGREGATE_INPUTS = [
@@ -154,7 +146,7 @@ AGGREGATE_INPUTS = [
 
 @pytest.mark.parametrize("kind,damaged", AGGREGATE_INPUTS, ids=[a[0] for a in AGGREGATE_INPUTS])
 def test_aggregate_names_a_damaged_input(tmp_path, kind, damaged):
-    aggregate = _script("aggregate")
+    aggregate = load_script("aggregate")
     results = tmp_path / "results"
     good = {"evals": RECORD, "sensitivity": "module,sensitivity\nfc,0.1\n", "pretrain_curves": "epoch\n0\n", "finetune_curves": "epoch\n0\n",
             "prune_infos": '{"method": {"method": "lwm"}, "info": {}}', "study": STUDY_RECORD}
@@ -171,16 +163,16 @@ def test_aggregate_names_a_damaged_input(tmp_path, kind, damaged):
 def test_report_names_a_damaged_table(tmp_path):
     table = _write(tmp_path / "tables/summary.csv", b"dataset,arch\n\xff\xfe\x00digits")
     with pytest.raises(CheckpointError, match=f"^{table}: not a CSV table"):
-        _script("report").main(str(tmp_path / "tables"), str(tmp_path / "report"), ["png"], 30)
+        load_script("report").main(str(tmp_path / "tables"), str(tmp_path / "report"), ["png"], 30)
     assert not (tmp_path / "report").exists()
 
 
 def test_prune_names_a_damaged_sensitivity_table(tmp_path):
     table = _write(tmp_path / "sensitivity.csv", "module,module_index,n_params,base_loss,perturbed_loss,sensitivity\nconv1,0,36,0.5,0.7")
     with pytest.raises(CheckpointError, match=r"^.*sensitivity.csv: truncated or corrupt CSV \(line 2 has 5 fields, the header 6\)"):
-        _script("prune")._read_sensitivity(table)
+        load_script("prune")._read_sensitivity(table)
     table.write_text("module,module_index,n_params,base_loss,perturbed_loss,sensitivity\nconv1,0,36,0.5,0.7,0.2\n")
-    read = _script("prune")._read_sensitivity(table)
+    read = load_script("prune")._read_sensitivity(table)
     assert list(read["module"]) == ["conv1"] and float(read["sensitivity"][0]) == 0.2  # the two columns mrpf reads
 
 

@@ -3,7 +3,6 @@ points, robust accuracy read from them against AutoAttack's, and the figure draw
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -16,7 +15,7 @@ from advprune.data import load_split
 from advprune.security.curves import format_distances, parse_distances, robust_accuracy
 from advprune.security.fmn import DLRLoss, FMNParams, fmn
 from advprune.security.hofmn import candidates, record_fields
-from conftest import REPO, small_model
+from conftest import REPO, load_script, small_model
 
 EPS = 0.1
 N_TEST = 64
@@ -136,13 +135,6 @@ def test_distances_round_trip_through_the_table_text():
     assert robust_accuracy(d, [0.0, 0.1, 0.5]).tolist() == [0.8, 0.6, 0.4]
 
 
-def _aggregate():
-    spec = importlib.util.spec_from_file_location("aggregate", REPO / "scripts/aggregate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _record(method, sparsity, distances, aa, seed=0):
     """A record that passes aggregate's checks (advprune.records): AutoAttack keeps the `aa` share of the points
     farthest from the boundary, HO-FMN those beyond EPS."""
@@ -184,7 +176,7 @@ def test_security_curves_are_drawn_from_the_aggregated_tables(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(off))
     paths.append(str(path))
-    aggregate = _aggregate()
+    aggregate = load_script("aggregate")
     tables = tmp_path / "tables"
     aggregate.main(paths, [], [], [], aggregate.outputs(str(tmp_path)))
 

@@ -2,7 +2,6 @@
 were what the path and the config say. Each test reproduces one way it was (issue 18) and checks the one line
 that now refuses it."""
 
-import importlib.util
 import json
 import re
 import shutil
@@ -20,14 +19,8 @@ from advprune.models import build_model
 from advprune.pruning import layer_sparsity, masks_from_scores, prunable_weights
 from advprune.training import TrainSettings, apply_masks, build_objective, train
 
-from conftest import REPO
+from conftest import REPO, load_script
 
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _copy(digits_dir, tmp_path):
@@ -189,7 +182,7 @@ def test_evaluation_refuses_a_checkpoint_that_is_not_the_model_of_its_path(digit
     model = _checkpoint(tmp_path / "model.pt", load_meta(digits_dir), **kwargs)
     out = tmp_path / "s0.9.json"
     with pytest.raises(CheckpointError) as error:
-        _script("evaluate").cli(["--config", _config(tmp_path, digits_dir), "--dataset", "digits", "--arch", "small_cnn", "--model", str(model),
+        load_script("evaluate").cli(["--config", _config(tmp_path, digits_dir), "--dataset", "digits", "--arch", "small_cnn", "--model", str(model),
                                  "--method", "lwm", "--sparsity", "0.9", "--out", str(out)])
     assert str(error.value).startswith(f"{model}: not the model this job expects: {message}"), str(error.value)
     assert "\n" not in str(error.value) and not out.exists()
@@ -228,10 +221,10 @@ def test_finetune_and_prune_refuse_a_checkpoint_that_is_not_their_input(digits_d
     dense = _checkpoint(tmp_path / "dense.pt", load_meta(digits_dir))
     pruned = _checkpoint(tmp_path / "pruned.pt", load_meta(digits_dir), method="lwm", sparsity=0.9)
     with pytest.raises(CheckpointError, match=f"^{dense}: not the model this job expects: method 'dense' \\(the path and config: 'lwm'\\)"):
-        _script("finetune").main(str(dense), str(digits_dir), 0, finetune_params(config, "lwm", dataset="digits"), str(tmp_path / "f.pt"),
+        load_script("finetune").main(str(dense), str(digits_dir), 0, finetune_params(config, "lwm", dataset="digits"), str(tmp_path / "f.pt"),
                                  str(tmp_path / "f.csv"), str(tmp_path / "f.state.pt"), expect=expected_identity(config, "small_cnn", "lwm", 0.9))
     with pytest.raises(CheckpointError, match=f"^{pruned}: not the model this job expects: method 'lwm' \\(the path and config: 'dense'\\)"):
-        _script("prune").main(str(pruned), str(digits_dir), 0.5, 0, prune_params(config, "lwm", dataset="digits"), str(tmp_path / "p.pt"),
+        load_script("prune").main(str(pruned), str(digits_dir), 0.5, 0, prune_params(config, "lwm", dataset="digits"), str(tmp_path / "p.pt"),
                               str(tmp_path / "p.json"), expect=expected_identity(config, "small_cnn", "lwm", 0.5))
     assert not any(tmp_path.glob("[fp].*"))
 
@@ -248,9 +241,9 @@ def test_a_pruned_checkpoint_carries_its_identity_through_fine_tuning_to_evaluat
     config = validate(config)
     expect = expected_identity(config, "small_cnn", "l1_filter", 0.5)
     dense = _checkpoint(tmp_path / "dense.pt", load_meta(digits_dir))
-    _script("prune").main(str(dense), str(digits_dir), 0.5, 0, prune_params(config, "l1_filter", dataset="digits"), str(tmp_path / "p.pt"),
+    load_script("prune").main(str(dense), str(digits_dir), 0.5, 0, prune_params(config, "l1_filter", dataset="digits"), str(tmp_path / "p.pt"),
                           str(tmp_path / "p.json"), expect=expect)
-    _script("finetune").main(str(tmp_path / "p.pt"), str(digits_dir), 0, finetune_params(config, "l1_filter", dataset="digits"), str(tmp_path / "f.pt"),
+    load_script("finetune").main(str(tmp_path / "p.pt"), str(digits_dir), 0, finetune_params(config, "l1_filter", dataset="digits"), str(tmp_path / "f.pt"),
                              str(tmp_path / "f.csv"), str(tmp_path / "f.state.pt"), expect=expect)
     model, ckpt = load_model(tmp_path / "f.pt")
     measured = json.loads((tmp_path / "p.json").read_text())["sparsity_measured"]
@@ -272,7 +265,7 @@ def test_a_pruned_network_is_refused_as_the_start_of_pretraining(digits_dir, tmp
 def test_evaluate_refuses_more_examples_than_the_split_has_before_any_work(digits_dir, tmp_path, capsys):
     model = _checkpoint(tmp_path / "model.pt", load_meta(digits_dir))
     with pytest.raises(SystemExit) as stop:
-        _script("evaluate").cli(["--config", _config(tmp_path, digits_dir, n_examples=400), "--dataset", "digits", "--arch", "small_cnn",
+        load_script("evaluate").cli(["--config", _config(tmp_path, digits_dir, n_examples=400), "--dataset", "digits", "--arch", "small_cnn",
                                  "--model", str(model), "--out", str(tmp_path / "e.json")])
     assert stop.value.code == ("advprune: config key 'evaluate.n_examples': 400 is more than the 359 examples in the test split of digits "
                                f"({Path(digits_dir) / 'meta.json'}; null takes the whole split)")
@@ -295,7 +288,7 @@ def _record(method="lwm", sparsity=0.9, clean=15, pgd=10, aa=8, **changes):
 
 
 def _aggregate(tmp_path, records):
-    aggregate = _script("aggregate")
+    aggregate = load_script("aggregate")
     paths = []
     for relative, record in records.items():
         path = tmp_path / "results" / relative

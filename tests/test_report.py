@@ -33,7 +33,8 @@ from advprune.report.tables import (
     to_markdown,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, load_script
+
 METHODS = ("lwm", "lwm_global", "random")  # unstructured: zeros in place, no speed-up
 STRUCTURED = ("l1_filter", "mrpf")  # physically smaller models with a CPU latency
 IMPL = {"lwm_global": "lwm"}  # config key -> implementation, where they differ
@@ -738,12 +739,9 @@ def _record(method, sparsity, clean, aa, per_point=True, **extra):
 
 
 def test_aggregate_writes_intervals_and_per_point_results(tmp_path):
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("aggregate", REPO / "scripts/aggregate.py")
-    aggregate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(aggregate)
+    aggregate = load_script("aggregate")
     paths = []
     # A dense record, one with a float32 accuracy (as torch writes it), one verified.
     verified = {**_record("hydra", 0.9, 0.8, 0.5)["per_point"], "verified": "1" * 20 + "0" * 30}

@@ -2,12 +2,12 @@ import subprocess
 
 import pytest
 
-from conftest import PYTHON, REPO, env_with_repo
+from conftest import PYTHON, REPO, env_with_repo, load_script
 
 SCRIPTS = sorted(p.name for p in (REPO / "scripts").glob("*.py"))
 
 
-def test_every_rule_has_its_entry_script():
+def test_every_rule_has_its_entryload_script():
     rules = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
     used = {line.split("scripts/")[1].strip().strip('"') for line in rules.splitlines() if "../../scripts/" in line}
     assert used == set(SCRIPTS)
@@ -19,15 +19,6 @@ def test_every_entry_script_runs_as_a_plain_cli(script):
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("usage:") and "--log" in run.stdout
 
-
-def _script(name):
-    """An entry script as a module (its __main__ block does not run), to call its cli() in-process."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 CONFIG = str(REPO / ".test/config.yaml")
@@ -64,7 +55,7 @@ def test_a_script_run_alone_rejects_bad_arguments_in_one_line(tmp_path, monkeypa
         "report": {"--tables-dir": "t", "--out-dir": "r"},
     }[script] | change
     with pytest.raises(SystemExit) as stop:
-        _script(script).cli([x for pair in args.items() for x in pair])
+        load_script(script).cli([x for pair in args.items() for x in pair])
     err = capsys.readouterr().err + (stop.value.code if isinstance(stop.value.code, str) else "")
     assert stop.value.code != 0 and message in err and len(err.strip().splitlines()) == 1, err
     assert not any(tmp_path.glob("p.*")) and not any(tmp_path.glob("m.*"))  # nothing written

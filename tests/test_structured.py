@@ -1,4 +1,3 @@
-import importlib.util
 import json
 
 import pytest
@@ -21,7 +20,7 @@ from advprune.pruning._structured import (
     remove_channels,
     structured_cost,
 )
-from conftest import REPO
+from conftest import REPO, load_script
 
 META = {"n_classes": 10, "channels": 1, "image_size": [8, 8]}
 X1 = torch.zeros(1, 1, 8, 8)
@@ -210,12 +209,6 @@ def test_ratios_for_budget_meets_a_flops_budget_with_ratios_proportional_to_the_
         ratios_for_budget(model, X1, groups, weights, 0.5, measure="latency")
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_prune_finetune_and_evaluate_scripts_handle_a_structured_model(digits_dir, tmp_path):
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
@@ -229,7 +222,7 @@ def test_prune_finetune_and_evaluate_scripts_handle_a_structured_model(digits_di
     dense = _model("resnet18", 4)
     save_model(tmp_path / "dense.pt", dense, "resnet18", {"width": 4}, META)
 
-    _script("prune").main(str(tmp_path / "dense.pt"), digits_dir, 0.5, 0, prune_params(config, "l1_filter", dataset="digits"),
+    load_script("prune").main(str(tmp_path / "dense.pt"), digits_dir, 0.5, 0, prune_params(config, "l1_filter", dataset="digits"),
                           str(tmp_path / "p.pt"), str(tmp_path / "p.json"))
     info = json.loads((tmp_path / "p.json").read_text())
     pruned, ckpt = load_model(tmp_path / "p.pt")
@@ -241,14 +234,14 @@ def test_prune_finetune_and_evaluate_scripts_handle_a_structured_model(digits_di
     assert info["convergence"]["checks"]["reached"] == pytest.approx(info["sparsity_measured"], abs=1e-6)
     assert info["convergence"]["converged"] == (abs(info["sparsity_measured"] - 0.5) <= 0.01) and "convergence" not in info["info"]
 
-    _script("finetune").main(str(tmp_path / "p.pt"), digits_dir, 0, finetune_params(config, dataset="digits"),
+    load_script("finetune").main(str(tmp_path / "p.pt"), digits_dir, 0, finetune_params(config, dataset="digits"),
                              str(tmp_path / "f.pt"), str(tmp_path / "f.csv"), str(tmp_path / "f.state.pt"))
     tuned, tuned_ckpt = load_model(tmp_path / "f.pt")
     assert tuned_ckpt["structured"]
     assert [p.shape for p in tuned.parameters()] == [p.shape for p in pruned.parameters()]
     assert not all(torch.equal(a, b) for a, b in zip(tuned.parameters(), pruned.parameters()))  # it trained
 
-    _script("evaluate").main(str(tmp_path / "f.pt"), digits_dir, "digits", "resnet18", 0, "l1_filter", 0.5, evaluate_params(config),
+    load_script("evaluate").main(str(tmp_path / "f.pt"), digits_dir, "digits", "resnet18", 0, "l1_filter", 0.5, evaluate_params(config),
                              str(tmp_path / "e.json"))
     record = json.loads((tmp_path / "e.json").read_text())
     assert record["sparsity_measured"] == pytest.approx(info["sparsity_measured"], abs=1e-3)  # fine-tuning zeroes nothing
