@@ -11,7 +11,6 @@ import copy
 import json
 import math
 import os
-import re
 from decimal import Decimal
 from pathlib import Path
 

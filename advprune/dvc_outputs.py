@@ -4,7 +4,6 @@ written one file per method). Written by the aggregate rule from the same rows a
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

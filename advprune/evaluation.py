@@ -13,9 +13,9 @@ import time
 import torch
 import torch.nn as nn
 
-from advprune.attacks.fused import AttackView
 from advprune.attacks.pgd import PGD
-from advprune.pruning import layer_sparsity, prunable_weights
+from advprune.models.view import AttackView
+from advprune.models.weights import layer_sparsity, prunable_weights
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def robustness(model: nn.Module, split, n_classes: int, eps: float, norm: str, p
     `points_sha256` a hash of the points and labels evaluated: two records with the same hash were evaluated on
     the same points, so their models can be compared with a paired test (`advprune.stats`).
 
-    Everything runs on the attack view of the eval-mode network (advprune.attacks.fused: max pooling on the
+    Everything runs on the attack view of the eval-mode network (advprune.models.view: max pooling on the
     fast CPU kernel, bit-identical); with `fold_batchnorm` also BatchNorm folded into the convolutions: the
     same function up to float rounding, with a third fewer kernels per call, which is what the ~7,000
     sequential model calls of standard AutoAttack on a small network spend their time on.

@@ -52,7 +52,7 @@ def _found(ckpt: dict) -> dict:
 def measured_sparsity(model, ckpt: dict, include_first_last: bool) -> float:
     """The fraction of the dense architecture's prunable weights the model no longer has (removed or zero),
     as the prune job measures it."""
-    from advprune.pruning import layer_sparsity
+    from advprune.models.weights import layer_sparsity
 
     dense = None
     if ckpt.get("structured"):

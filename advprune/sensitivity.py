@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from advprune.attacks.pgd import PGD
-from advprune.pruning import prunable_weights
+from advprune.models.weights import prunable_weights
 
 log = logging.getLogger(__name__)
 

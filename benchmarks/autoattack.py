@@ -1,7 +1,7 @@
 """Standard AutoAttack: ours (advprune.attacks.autoattack) against the original (`pyautoattack`), side by side.
 
 Same model, points, eps, batch size and seed. Ours runs as advprune.evaluation runs it, on the attack view
-(advprune.attacks.fused: BatchNorm folded, max pooling on the fast kernel; building it is timed); the original
+(advprune.models.view: BatchNorm folded, max pooling on the fast kernel; building it is timed); the original
 gets the eval-mode model, as a user would hand it over (`--original-on view` gives it our view instead, which
 isolates the attack code). Asserts identical robust accuracy, reports whether the per-point robust masks
 agree, and prints both wall times and the speed ratio.
@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from advprune.attacks.autoattack import AutoAttack
-from advprune.attacks.fused import AttackView
 from advprune.attacks.pgd import PGD
 from advprune.checkpoint import load_model, save_model
 from advprune.data import load_meta, load_split, prepare_dataset
 from advprune.models import build_model
+from advprune.models.view import AttackView
 from advprune.training.losses import PGDAT
 from advprune.training.trainer import TrainSettings, train
 

@@ -23,8 +23,8 @@ import time
 import torch
 
 from advprune.attacks import PGD
-from advprune.attacks.fused import AttackView
 from advprune.models import build_model
+from advprune.models.view import AttackView
 from advprune.runtime import configure_torch
 from advprune.verification import verified_accuracy
 

@@ -5,8 +5,9 @@ from advprune.data import load_meta, load_split
 from advprune.data.augment import Augmentation
 from advprune.entry import existing_file, load_config, parser, read_csv, remove_resume_state, schema_arg, start_job
 from advprune.identity import check_model, dense_identity, expected_identity
+from advprune.models.weights import layer_sparsity
 from advprune.provenance import provenance
-from advprune.pruning import PruneContext, build_method, layer_sparsity
+from advprune.pruning import PruneContext, build_method
 from advprune.runtime import seed_everything
 from advprune.training import apply_masks
 

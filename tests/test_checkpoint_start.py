@@ -7,19 +7,18 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import REPO, load_script, prune_context
 
 from advprune.attacks.pgd import PGD
-from advprune.data import load_split
-from advprune.pruning import build_method, layer_sparsity
-from advprune.sensitivity import module_sensitivity
-from advprune.training import apply_masks
-
 from advprune.checkpoint import CheckpointError, load_model, load_start_model, save_model
 from advprune.config import ConfigError, check_start_checkpoints, method_spec, pretrain_params, validate
+from advprune.data import load_split
 from advprune.models import build_model
+from advprune.models.weights import layer_sparsity
+from advprune.pruning import build_method
 from advprune.rehearsal import robustbench_layout
-
-from conftest import REPO, load_script, prune_context
+from advprune.sensitivity import module_sensitivity
+from advprune.training import apply_masks
 
 META = {"n_classes": 10, "channels": 1, "image_size": [8, 8]}
 ARCH, OPTIONS = "wrn_34_10", {"width": 1}  # the network PwoA prunes, one channel wide at its stem

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import REPO, load_script
 
 from advprune.checkpoint import load_model, load_torch, save_model
 from advprune.config import evaluate_params, export_params, prune_params, read_config_file, validate
@@ -25,10 +26,9 @@ from advprune.identity import expected_identity
 from advprune.interop import benchmark
 from advprune.interop.export import export_run
 from advprune.models import build_model
-from advprune.pruning import PruneContext, build_method, prunable_weights
+from advprune.models.weights import prunable_weights
+from advprune.pruning import PruneContext, build_method
 from advprune.training import apply_masks
-
-from conftest import REPO, load_script
 
 
 class BaseBlock(nn.Module):

@@ -7,16 +7,15 @@ import subprocess
 import pytest
 import torch
 import yaml
+from conftest import REPO, SNAKEMAKE, env_with_repo, planned
 
 from advprune.checkpoint import CheckpointError
 from advprune.config import ConfigError, check_external_checkpoints, read_config_file, validate
 from advprune.interop.layouts import read_external
 from advprune.interop.naming import to_field
 from advprune.models import build_model
-from advprune.pruning import prunable_weights
+from advprune.models.weights import prunable_weights
 from advprune.rehearsal import robustbench_layout
-
-from conftest import REPO, SNAKEMAKE, env_with_repo, planned
 
 META = {"n_classes": 10, "channels": 1, "image_size": [8, 8]}
 OPTIONS = {"width": 2}

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO, load_script, small_model
 
-from advprune.attacks.fused import AttackView
 from advprune.data import load_split
+from advprune.models.view import AttackView
 from advprune.security.curves import format_distances, parse_distances, robust_accuracy
 from advprune.security.fmn import DLRLoss, FMNParams, fmn
 from advprune.security.hofmn import candidates, record_fields
-from conftest import REPO, load_script, small_model
 
 EPS = 0.1
 N_TEST = 64

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from advprune.attacks.fused import AttackView
 from advprune.models import build_model
+from advprune.models.view import AttackView
 
 
 @pytest.mark.parametrize("arch", ["small_cnn", "resnet18", "vgg16_bn", "wrn_28_4"])
@@ -64,7 +64,7 @@ def test_building_the_view_draws_no_random_numbers():
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_the_views_max_pooling_is_bit_identical_and_keeps_the_layout(memory_format):
-    from advprune.attacks.fused import ChannelsLastMaxPool2d
+    from advprune.models.view import ChannelsLastMaxPool2d
 
     x = torch.randn(16, 8, 9, 9).relu().contiguous(memory_format=memory_format).requires_grad_()
     with torch.no_grad():

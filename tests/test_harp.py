@@ -5,14 +5,15 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
+from conftest import PRETRAIN, REPO, prune_context, small_model
 
-from advprune.attacks.fused import AttackView
 from advprune.data import load_split
-from advprune.pruning import build_method, layer_sparsity, prunable_weights
+from advprune.models.view import AttackView
+from advprune.models.weights import layer_sparsity, prunable_weights
+from advprune.pruning import build_method
 from advprune.pruning._structured import remove_channels, structured_cost
 from advprune.pruning.harp import Harp, HarpObjective, _ChannelUnits, _erk, _harp_phase, _initial_rates, _WeightUnits, convergence, rate_from_logit
 from advprune.training import TrainSettings, apply_masks, build_objective, train
-from conftest import PRETRAIN, REPO, prune_context, small_model
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import yaml
+from conftest import PRETRAIN, REPO, prune_context, small_model
 
 from advprune.data import load_split
-from advprune.pruning import build_method, layer_sparsity, masks_from_scores, prunable_weights
+from advprune.models.weights import layer_sparsity, prunable_weights
+from advprune.pruning import build_method, masks_from_scores
 from advprune.pruning.hydra import Hydra, _score_phase, convergence
 from advprune.training import TrainSettings, apply_masks, build_objective, train
-from conftest import PRETRAIN, REPO, prune_context, small_model
 
 
 def _lwm(model, sparsity, include_first_last=True):

@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import REPO, load_script
 
 from advprune.checkpoint import CheckpointError, save_model
 from advprune.config import load_config
 from advprune.data import PreparedDataError, data_sha256, load_meta, load_split, prepare_dataset
 from advprune.models import build_model
-from advprune.pruning import layer_sparsity, masks_from_scores, prunable_weights
+from advprune.models.weights import layer_sparsity, prunable_weights
+from advprune.pruning import masks_from_scores
 from advprune.training import TrainSettings, apply_masks, build_objective, train
-
-from conftest import REPO, load_script
-
 
 
 def _copy(digits_dir, tmp_path):

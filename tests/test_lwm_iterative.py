@@ -4,11 +4,12 @@ import inspect
 import pytest
 import torch
 import yaml
+from conftest import REPO, prune_context, small_model
 
-from advprune.pruning import PruneContext, build_method, layer_sparsity, masks_from_scores, prunable_weights
+from advprune.models.weights import layer_sparsity, prunable_weights
+from advprune.pruning import PruneContext, build_method, masks_from_scores
 from advprune.pruning.lwm import LWM
 from advprune.training import apply_masks
-from conftest import REPO, prune_context, small_model
 
 
 class RecordingContext(PruneContext):

@@ -3,16 +3,17 @@ import copy
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
 
 from advprune.attacks.pgd import PGD
 from advprune.config import ConfigError, load_config, validate
 from advprune.data import load_split
 from advprune.entry import write_csv
 from advprune.models import build_model
-from advprune.pruning import PruneContext, build_method, prunable_weights
+from advprune.models.weights import prunable_weights
+from advprune.pruning import PruneContext, build_method
 from advprune.pruning._structured import channel_groups, channel_importance, keep_for_ratios, masked_equivalent, structured_cost, taylor_grads
 from advprune.sensitivity import module_sensitivity
-from conftest import REPO
 
 PRETRAIN = {"objective": "pgd_at", "attack": {"steps": 2, "step_size": 0.05, "random_start": True}, "batch_size": 64}
 EXAMPLE = torch.zeros(1, 1, 8, 8)

@@ -9,11 +9,12 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from conftest import PYTHON, REPO, env_with_repo, small_model
 
-from advprune.pruning import masks_from_scores, prunable_weights
+from advprune.models.weights import prunable_weights
+from advprune.pruning import masks_from_scores
 from advprune.training import TrainSettings
 from advprune.training.trainer import learning_rate_factor
-from conftest import PYTHON, REPO, env_with_repo, small_model
 
 
 def _load(name):

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from advprune.models import build_model
-from advprune.pruning import PruneContext, build_method, layer_sparsity, list_methods, masks_from_scores, prunable_weights
+from advprune.models.weights import layer_sparsity, prunable_weights
+from advprune.pruning import PruneContext, build_method, list_methods, masks_from_scores
 from advprune.training import apply_masks
 
 

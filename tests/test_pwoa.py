@@ -11,9 +11,10 @@ import yaml
 from conftest import REPO, prune_context, small_model
 
 from advprune.attacks.pgd import PGD
+from advprune.models.weights import layer_sparsity, prunable_weights
+from advprune.pruning import build_method
+from advprune.pruning.pwoa import ADMM, GAP_CLOSED, PwoA, PwoALoss, _collect, centered_kernel, convergence, hidden_taps, normalized_hsic
 from advprune.training import trainer
-from advprune.pruning import build_method, layer_sparsity, prunable_weights
-from advprune.pruning.pwoa import GAP_CLOSED, ADMM, PwoA, PwoALoss, _collect, centered_kernel, convergence, hidden_taps, normalized_hsic
 
 FAST = {"admm_epochs": 2, "retrain_epochs": 1, "rho_every": 1, "batch_size": 64, "epoch_steps": None}
 TERMS = ("loss_distill", "loss_ce", "adv_batches")

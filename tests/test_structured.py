@@ -4,13 +4,15 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
+from conftest import REPO, load_script
 
 from advprune.checkpoint import load_model, load_torch, save_model
 from advprune.config import evaluate_params, finetune_params, prune_params, validate
 from advprune.data import load_split
 from advprune.evaluation import model_statistics
 from advprune.models import build_model
-from advprune.pruning import PruneContext, build_method, layer_sparsity, prunable_weights
+from advprune.models.weights import layer_sparsity, prunable_weights
+from advprune.pruning import PruneContext, build_method
 from advprune.pruning._structured import (
     channel_groups,
     channel_importance,
@@ -20,7 +22,6 @@ from advprune.pruning._structured import (
     remove_channels,
     structured_cost,
 )
-from conftest import REPO, load_script
 
 META = {"n_classes": 10, "channels": 1, "image_size": [8, 8]}
 X1 = torch.zeros(1, 1, 8, 8)

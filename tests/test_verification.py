@@ -6,9 +6,10 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from torch.nn.utils import parametrize
 
 from advprune.attacks import PGD
-from advprune.attacks.fused import AttackView
 from advprune.models import build_model
-from advprune.pruning import masks_from_scores, prunable_weights
+from advprune.models.view import AttackView
+from advprune.models.weights import prunable_weights
+from advprune.pruning import masks_from_scores
 from advprune.pruning._structured import channel_groups, channel_importance, keep_for_ratios, remove_channels
 from advprune.verification import BoundedModel, UnsupportedModel, input_box, margin_bounds, margin_spec, record_fields, verified_accuracy
 

@@ -5,7 +5,7 @@ Each part (advprune.attacks.apgd, .fab, .square) follows the original operation 
 random draws, and returns the original's points; it is faster because FAB-T's target classes run side by
 side in one batch, FAB reuses a forward pass the original runs twice, Square skips work whose result it never
 uses, and no per-call wrappers sit around the model. advprune.evaluation attacks the model through its attack
-view (advprune.attacks.fused: BatchNorm folded, max pooling on the fast CPU kernel). `benchmarks/autoattack.py`
+view (advprune.models.view: BatchNorm folded, max pooling on the fast CPU kernel). `benchmarks/autoattack.py`
 measures it against the original (`pyautoattack`).
 """
 

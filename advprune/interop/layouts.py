@@ -110,7 +110,7 @@ def fold_harp(state: dict, sparsity: float, alpha: float, path) -> dict:
 
 
 def measured_sparsity(model: nn.Module, include_first_last: bool) -> float:
-    from advprune.pruning import layer_sparsity
+    from advprune.models.weights import layer_sparsity
 
     layers = layer_sparsity(model, include_first_last)
     return sum(r["sparsity"] * r["n_params"] for r in layers) / sum(r["n_params"] for r in layers)

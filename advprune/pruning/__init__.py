@@ -137,16 +137,6 @@ class PruningMethod(ABC):
     def prune(self, model: nn.Module, sparsity: float, context: PruneContext) -> PruneResult: ...
 
 
-def prunable_weights(model: nn.Module, include_first_last: bool = True) -> dict[str, nn.Parameter]:
-    """Weights of every Conv2d and Linear layer in network order (parameter name -> tensor);
-    `include_first_last=False` leaves the first and the last such layer dense."""
-    weights = {f"{name}.weight": m.weight for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    if not include_first_last:
-        names = list(weights)
-        weights = {k: weights[k] for k in names[1:-1]}
-    return weights
-
-
 def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, scope: str = "layer") -> dict[str, torch.Tensor]:
     """Keep the highest-scoring weights: per layer exactly round(sparsity * n) zeros ('layer'), or
     round(sparsity * total) zeros across all layers by one global ranking ('global'). Ties are broken by
@@ -169,16 +159,3 @@ def _keep_top(scores: torch.Tensor, n_pruned: int) -> torch.Tensor:
     if n_pruned > 0:
         keep[torch.argsort(scores, stable=True)[:n_pruned]] = False
     return keep
-
-
-def layer_sparsity(model: nn.Module, include_first_last: bool = True, dense: nn.Module | None = None) -> list[dict]:
-    """Per prunable layer of the dense architecture (network order): its dense size and the fraction of it that
-    `model` no longer has, 1 - nonzero weights left / dense size, measured from the weights themselves.
-    Channels removed by structured pruning and weights zeroed by a mask count alike; `dense` (the full-width
-    network of the same architecture) defaults to the model itself."""
-    weights = dict(model.named_parameters())
-    rows = []
-    for i, (name, w) in enumerate(prunable_weights(model if dense is None else dense, include_first_last).items()):
-        left = int((weights[name] != 0).sum())
-        rows.append({"layer": name.removesuffix(".weight"), "layer_index": i, "n_params": w.numel(), "sparsity": (w.numel() - left) / w.numel()})
-    return rows

@@ -49,8 +49,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from advprune.pruning import prunable_weights
-
 CRITERIA = ("l1", "l2", "random", "taylor")
 MEASURES = ("params", "flops")
 

@@ -110,9 +110,10 @@ import torch
 import torch.nn as nn
 
 from advprune.attacks.pgd import PGD
-from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, prunable_weights, register_method
+from advprune.models.weights import prunable_weights
+from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, register_method
 from advprune.pruning._scores import WeightParametrizations, frozen_weights, scaled_scores
-from advprune.pruning._structured import layer_costs, channel_groups, channel_importance, remove_channels, structured_cost
+from advprune.pruning._structured import channel_groups, channel_importance, layer_costs, remove_channels, structured_cost
 from advprune.training import OBJECTIVES, TrainSettings
 from advprune.training.losses import Objective
 from advprune.training.trainer import accuracy, robust_accuracy

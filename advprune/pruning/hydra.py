@@ -67,7 +67,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, prunable_weights, register_method
+from advprune.models.weights import prunable_weights
+from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, register_method
 from advprune.pruning._scores import frozen_weights, scaled_scores
 from advprune.training import OBJECTIVES, TrainSettings
 from advprune.training.losses import Objective

@@ -45,7 +45,8 @@ reports its single step.
 
 import torch
 
-from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, prunable_weights, register_method
+from advprune.models.weights import prunable_weights
+from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, register_method
 from advprune.training import OBJECTIVES, TrainSettings
 
 SCHEDULES = ("geometric", "linear")

@@ -74,7 +74,8 @@ import logging
 
 import torch
 
-from advprune.pruning import PruneResult, PruningMethod, prunable_weights, register_method
+from advprune.models.weights import prunable_weights
+from advprune.pruning import PruneResult, PruningMethod, register_method
 from advprune.pruning._structured import (
     CRITERIA,
     MEASURES,

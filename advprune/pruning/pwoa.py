@@ -125,7 +125,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from advprune.attacks.pgd import PGD
-from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, prunable_weights, register_method
+from advprune.models.weights import prunable_weights
+from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, register_method
 from advprune.training import TrainSettings, apply_masks
 from advprune.training.losses import Objective
 from advprune.training.trainer import accuracy

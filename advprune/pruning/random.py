@@ -2,7 +2,8 @@
 
 import torch
 
-from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, prunable_weights, register_method
+from advprune.models.weights import prunable_weights
+from advprune.pruning import PruneResult, PruningMethod, masks_from_scores, register_method
 
 
 @register_method("random")

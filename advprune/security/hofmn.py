@@ -81,14 +81,14 @@ def record_fields(model: nn.Module, split, val_split, eps: float, settings: dict
                   ) -> tuple[dict, torch.Tensor | None]:
     """The evaluation record's HO-FMN fields for `split` (the evaluated points) and which points are robust at
     `eps` (None when off). FMN runs on the attack view of the eval-mode `model`, as every other attack of the
-    record (`advprune.attacks.fused`); `val_split`: the validation split the parameters are tuned on; `settings`:
+    record (`advprune.models.view`); `val_split`: the validation split the parameters are tuned on; `settings`:
     the config's evaluate.hofmn ({steps, trials, tune_steps, tune_batch, seed}; None = off). `hofmn_distances`
     lists the distances in the split's order, null where FMN found no adversarial example (robust at every ε;
     JSON has no inf); `hofmn` holds the tuned parameters, every trial with its score and the seconds spent."""
     if not settings:
         log.warning("HO-FMN not computed: evaluate.hofmn is null")
         return {"hofmn_acc": None, "hofmn_distances": None, "hofmn": {"status": "not computed", "reason": "evaluate.hofmn is null"}}, None
-    from advprune.attacks.fused import AttackView
+    from advprune.models.view import AttackView
 
     model = AttackView(model.eval(), fold_batchnorm).refresh()
     started = time.time()

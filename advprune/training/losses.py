@@ -4,7 +4,7 @@ certified ones, IBP (Gowal et al.) and CROWN-IBP (Zhang et al. 2020), on the bou
 Each objective is called as `objective(model, x, y) -> (loss, logits)` with the model in train mode; the
 adversarial examples are generated against the model in eval mode (BatchNorm statistics are not updated by
 attack iterations, as torchattacks and HYDRA's TRADES do), through a view with BatchNorm folded into the
-convolutions (advprune/attacks/fused.py). `logits` are those the loss was computed on (adversarial for
+convolutions (advprune/models/view.py). `logits` are those the loss was computed on (adversarial for
 PGD-AT and MART, natural for TRADES and natural training) and feed the training accuracy.
 
 `hydra_clean_passes` = (before, after): the clean train-mode forwards the official HYDRA/HARP trainer makes
@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from advprune.attacks.fused import AttackView
 from advprune.attacks.pgd import PGD, ce_sum
+from advprune.models.view import AttackView
 
 
 class Objective:

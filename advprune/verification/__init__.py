@@ -109,7 +109,7 @@ def record_fields(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     if not settings:
         reason = "evaluate.verify is null"
     else:
-        from advprune.attacks.fused import AttackView
+        from advprune.models.view import AttackView
 
         view = AttackView(model.eval(), fold_batchnorm).refresh()  # the network the attacks ran on
         try:

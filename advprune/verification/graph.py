@@ -4,7 +4,7 @@ Our models are nn.Modules whose forward() is code (residual additions, functiona
 bounds walk the traced graph rather than the module list. Each operation keeps a reference to its module, not
 a copy of its weights: a masked model (pruned weights zero), a parametrized one (HYDRA's scores) or a
 physically smaller one (structured pruning) is bounded with the weights it computes with, and gradients flow
-to them during certified training. BatchNorm-folded views (advprune/attacks/fused.py) trace like any model.
+to them during certified training. BatchNorm-folded views (advprune/models/view.py) trace like any model.
 
 Anything else raises `UnsupportedModel` naming the operation.
 """
