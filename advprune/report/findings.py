@@ -121,7 +121,7 @@ def unequal(arms: dict[str, pd.DataFrame], columns=None) -> str | None:
     `ft_*` of the records, or `columns`), else what differs: "fine-tuning epochs (hydra 5, harp 10)"."""
     frames = {name: rows for name, rows in arms.items() if not rows.empty}
     if columns is None:
-        columns = sorted({c for rows in frames.values() for c in rows.columns if c.startswith("ft_") and c not in UNCONTROLLED})
+        columns = _finetune_columns(frames)
     differences = []
     for column in columns:
         values = {name: sorted({_same(v) for v in rows[column]} if column in rows else {None}, key=str) for name, rows in frames.items()}
@@ -131,6 +131,11 @@ def unequal(arms: dict[str, pd.DataFrame], columns=None) -> str | None:
                               for name, vs in values.items())
             differences.append(f"{label} ({shown})")
     return "; ".join(differences) or None
+
+
+def _finetune_columns(arms: dict[str, pd.DataFrame]) -> list[str]:
+    """The fine-tuning settings and spending (`ft_*`) the arms' records carry, less what no config controls."""
+    return sorted({c for rows in arms.values() for c in rows.columns if c.startswith("ft_") and c not in UNCONTROLLED})
 
 
 def _fmt(value) -> str:
@@ -198,7 +203,7 @@ def controlled_verdict(verdict: str, arms: dict[str, pd.DataFrame]) -> str:
     training objective (HARP, HYDRA), in that objective: then "not tested: unequal <what>"."""
     columns = None
     if all("prune_objective" in rows and rows["prune_objective"].notna().all() for rows in arms.values()):
-        columns = sorted({c for rows in arms.values() for c in rows.columns if c.startswith("ft_") and c not in UNCONTROLLED}) + ["prune_objective"]
+        columns = _finetune_columns(arms) + ["prune_objective"]
     differs = unequal(arms, columns)
     return f"{UNEQUAL} {differs}" if differs else verdict
 
